@@ -1,0 +1,35 @@
+"""The Dagster instance the CLI records its runs in (imports Dagster only when called)."""
+
+import os
+import shutil
+from pathlib import Path
+
+from icp_pipeline import settings
+from icp_pipeline.defs.resources import LLM_POOL
+
+POOL_LIMIT = 3
+EMBEDDED_INSTANCE_YAML = Path(__file__).parent.parent / "instance" / "dagster.yaml"
+
+
+def prepare_dagster_home() -> Path:
+    """Use DAGSTER_HOME, or create the embedded one under .icp/ with the pool cap configured."""
+    home = settings.dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and "DAGSTER_HOME" not in os.environ:
+        shutil.copy(EMBEDDED_INSTANCE_YAML, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def get_instance():  # noqa: ANN201 - DagsterInstance, imported lazily
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.get()
+    storage = instance.event_log_storage
+    # Never run model steps unbounded: an instance configured without any limit gets the cap of 3.
+    if (
+        storage.get_pool_config().default_pool_limit is None
+        and LLM_POOL not in storage.get_concurrency_keys()
+    ):
+        storage.set_concurrency_slots(LLM_POOL, POOL_LIMIT)
+    return instance

@@ -1,0 +1,150 @@
+"""`icp-pipeline`: set up the database, load orgs, run cycles and read their analytics.
+
+Imports are lazy: `org load` or `org report` never pay for Dagster or the provider SDKs.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLE_ORG = Path(__file__).parent.parent / "examples" / "acme.yaml"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> int:
+    from icp_pipeline.db.session import current_revision, upgrade
+    from icp_pipeline.settings import database_url, redact_url
+
+    upgrade()
+    print(f"database {redact_url(database_url())} at revision {current_revision()}")
+    return 0
+
+
+def cmd_org_load(args: argparse.Namespace) -> int:
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.org_file import OrgFileError, parse_org_file, upsert_org
+
+    try:
+        spec = parse_org_file(Path(args.file))
+    except OrgFileError as error:
+        return _fail(str(error), 2)
+    ensure_schema()
+    with session_scope() as session:
+        changes = upsert_org(session, spec)
+    combos = len(spec.question_specs()) * len(spec.models) * len(spec.locations)
+    print(
+        f"org {spec.id}: {len(spec.competitors) + 1} companies, {len(spec.models)} models, {len(spec.locations)} "
+        f"locations, {len(spec.question_specs())} questions ({combos} question runs per cycle); "
+        f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
+    )
+    return 0
+
+
+def _print_analytics(payload: dict) -> None:
+    from icp_pipeline.visibility.analytics import analytics_markdown
+
+    print(analytics_markdown(payload))
+
+
+def cmd_org_run(args: argparse.Namespace) -> int:
+    from icp_pipeline.cli.runner import run_cycle
+    from icp_pipeline.db.session import ensure_schema
+    from icp_pipeline.visibility.cycles import UnknownOrg
+
+    ensure_schema()
+    try:
+        outcome = run_cycle(args.org, workers=args.workers, progress=not args.no_progress)
+    except UnknownOrg as error:
+        return _fail(str(error))
+    print(
+        f"cycle {outcome.cycle_id} of {outcome.org_id}: {outcome.status}; "
+        f"{outcome.completed} completed, {outcome.failed} failed of {outcome.total}"
+    )
+    if outcome.payload:
+        _print_analytics(outcome.payload)
+    if outcome.status != "succeeded" or not outcome.pushed:
+        return _fail(outcome.message or "the cycle did not complete")
+    return 0
+
+
+def cmd_org_report(args: argparse.Namespace) -> int:
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.steps import latest_snapshot
+
+    ensure_schema()
+    with session_scope() as session:
+        snapshot = latest_snapshot(session, args.org)
+        if snapshot is None:
+            return _fail(f"no analytics for org {args.org!r} yet; run `icp-pipeline org run {args.org}`")
+        payload = snapshot.payload
+    if args.json:
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        _print_analytics(payload)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The quick start: migrate, load the example org and run one full cycle on embedded defaults."""
+    for step in (
+        lambda: cmd_db_upgrade(args),
+        lambda: cmd_org_load(argparse.Namespace(file=str(EXAMPLE_ORG))),
+        lambda: cmd_org_run(
+            argparse.Namespace(org="acme", workers=args.workers, no_progress=args.no_progress)
+        ),
+    ):
+        code = step()
+        if code:
+            return code
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icp-pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="app database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="create or upgrade the schema (Alembic)").set_defaults(func=cmd_db_upgrade)
+
+    org = commands.add_parser("org", help="AI visibility of an org").add_subparsers(
+        dest="org_command", required=True
+    )
+    load = org.add_parser("load", help="load or update an org from a YAML file")
+    load.add_argument("file")
+    load.set_defaults(func=cmd_org_load)
+    run = org.add_parser("run", help="run one full cycle as Dagster runs")
+    run.add_argument("org")
+    run.add_argument("--workers", type=int, default=3, help="question runs executed at once (default 3)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_org_run)
+    report = org.add_parser("report", help="print the latest analytics")
+    report.add_argument("org")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_org_report)
+
+    demo = commands.add_parser("demo", help="load the example org and run one cycle (embedded defaults)")
+    demo.add_argument("--workers", type=int, default=3)
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from icp_pipeline.db.session import SchemaNotReady
+
+    try:
+        return args.func(args)
+    except SchemaNotReady as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The app database: org configuration, cycle manifests, the model-call ledger and everything derived.
+
+Design notes:
+- `model_calls` is the purchase ledger. An answer is bought once per cycle item; every later step
+  reads the ledger, so retries and re-materializations never pay twice.
+- A cycle item is one (question, model, location, sample) of a cycle. `sample_index` lets a later
+  feature take several samples of a combination in one cycle without a schema rewrite.
+- Derived rows (mentions, citations, claims, metrics) carry the version of the code that produced
+  them and are replaced as a whole per run, so re-materializing never duplicates them.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    config_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    companies: Mapped[list["Company"]] = relationship(back_populates="org", order_by="Company.id")
+    models: Mapped[list["OrgModel"]] = relationship(order_by="OrgModel.id")
+    locations: Mapped[list["OrgLocation"]] = relationship(order_by="OrgLocation.id")
+    questions: Mapped[list["Question"]] = relationship(order_by="Question.position")
+
+
+class Company(Base):
+    __tablename__ = "companies"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    is_target: Mapped[bool] = mapped_column(Boolean, default=False)
+    aliases: Mapped[list[Any]] = mapped_column(default=list)
+    domains: Mapped[list[Any]] = mapped_column(default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    org: Mapped[Org] = relationship(back_populates="companies")
+
+
+class OrgModel(Base):
+    __tablename__ = "org_models"
+    __table_args__ = (UniqueConstraint("org_id", "slug"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(120))
+    slug: Mapped[str] = mapped_column(String(160))
+    web_search: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class OrgLocation(Base):
+    __tablename__ = "org_locations"
+    __table_args__ = (UniqueConstraint("org_id", "country_code"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    country_code: Mapped[str] = mapped_column(String(2))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Question(Base):
+    __tablename__ = "questions"
+    __table_args__ = (UniqueConstraint("org_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Cycle(Base):
+    """The processing manifest of one cycle of an org."""
+
+    __tablename__ = "cycles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed
+    samples_per_item: Mapped[int] = mapped_column(Integer, default=1)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Set once by whoever first requests the org roll-ups, so they run once per cycle.
+    rollup_requested_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    items: Mapped[list["CycleItem"]] = relationship(back_populates="cycle", order_by="CycleItem.id")
+
+
+class CycleItem(Base):
+    __tablename__ = "cycle_items"
+    __table_args__ = (
+        UniqueConstraint("cycle_id", "partition_key", "sample_index"),
+        Index("ix_cycle_items_partition_key", "partition_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id", ondelete="CASCADE"), index=True)
+    partition_key: Mapped[str] = mapped_column(String(400))
+    question_id: Mapped[int] = mapped_column(ForeignKey("questions.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("org_models.id"))
+    location_id: Mapped[int] = mapped_column(ForeignKey("org_locations.id"))
+    sample_index: Mapped[int] = mapped_column(Integer, default=0)
+    # pending | answered | succeeded | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    failed_step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    cycle: Mapped[Cycle] = relationship(back_populates="items")
+    question: Mapped[Question] = relationship()
+    model: Mapped[OrgModel] = relationship()
+    location: Mapped[OrgLocation] = relationship()
+
+
+class ModelCall(Base):
+    """Ledger of every paid (or synthetic) model call, written the moment the answer arrives."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (Index("ix_model_calls_item_purpose", "cycle_item_id", "purpose"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cycle_items.id", ondelete="CASCADE"), nullable=True
+    )
+    purpose: Mapped[str] = mapped_column(String(32))  # answer | claims | ...
+    provider: Mapped[str] = mapped_column(String(32))
+    requested_model: Mapped[str] = mapped_column(String(120))
+    response_model: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw_response: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Provider citation annotations: [{url, title, cited}]
+    source_citations: Mapped[list[Any]] = mapped_column(default=list)
+    input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cached_input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)  # None = unknown, not zero
+    latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    web_search: Mapped[bool] = mapped_column(Boolean, default=False)
+    location_mode: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QuestionRun(Base):
+    """The stored run record of one cycle item, built from its answer in the ledger."""
+
+    __tablename__ = "question_runs"
+    __table_args__ = (Index("ix_question_runs_org_latest", "org_id", "is_latest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_item_id: Mapped[int] = mapped_column(ForeignKey("cycle_items.id", ondelete="CASCADE"), unique=True)
+    answer_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"), nullable=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id", ondelete="CASCADE"), index=True)
+    partition_key: Mapped[str] = mapped_column(String(400), index=True)
+    question_id: Mapped[int] = mapped_column(ForeignKey("questions.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("org_models.id"))
+    location_id: Mapped[int] = mapped_column(ForeignKey("org_locations.id"))
+    sample_index: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="stored")  # stored | completed | failed
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    answer_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw_response: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    requested_model: Mapped[str] = mapped_column(String(120))
+    response_model: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    web_search: Mapped[bool] = mapped_column(Boolean, default=False)
+    location_mode: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
+    input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw_output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    is_latest: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    item: Mapped[CycleItem] = relationship()
+    model: Mapped[OrgModel] = relationship()
+    location: Mapped[OrgLocation] = relationship()
+    question: Mapped[Question] = relationship()
+
+
+class Mention(Base):
+    __tablename__ = "mentions"
+    __table_args__ = (UniqueConstraint("question_run_id", "company_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question_run_id: Mapped[int] = mapped_column(
+        ForeignKey("question_runs.id", ondelete="CASCADE"), index=True
+    )
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    first_offset: Mapped[int] = mapped_column(Integer)
+    mention_count: Mapped[int] = mapped_column(Integer)
+    matched_text: Mapped[str] = mapped_column(String(200))
+    position: Mapped[int] = mapped_column(Integer)
+    extractor_version: Mapped[str] = mapped_column(String(32))
+
+
+class Citation(Base):
+    __tablename__ = "citations"
+    __table_args__ = (UniqueConstraint("question_run_id", "url"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question_run_id: Mapped[int] = mapped_column(
+        ForeignKey("question_runs.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    domain: Mapped[str] = mapped_column(String(255))
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # annotation | answer_text
+    cited: Mapped[bool] = mapped_column(Boolean, default=True)  # False: retrieved, not cited
+    extractor_version: Mapped[str] = mapped_column(String(32))
+
+
+class Claim(Base):
+    __tablename__ = "claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question_run_id: Mapped[int] = mapped_column(
+        ForeignKey("question_runs.id", ondelete="CASCADE"), index=True
+    )
+    model_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"), nullable=True)
+    company_id: Mapped[int | None] = mapped_column(
+        ForeignKey("companies.id", ondelete="SET NULL"), nullable=True
+    )
+    company_name: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    sentiment: Mapped[str] = mapped_column(String(16))
+    supporting_urls: Mapped[list[Any]] = mapped_column(default=list)
+    extractor_version: Mapped[str] = mapped_column(String(32))
+
+
+class CompetitiveMetric(Base):
+    __tablename__ = "competitive_metrics"
+    __table_args__ = (UniqueConstraint("question_run_id", "company_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question_run_id: Mapped[int] = mapped_column(
+        ForeignKey("question_runs.id", ondelete="CASCADE"), index=True
+    )
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id", ondelete="CASCADE"))
+    mentioned: Mapped[bool] = mapped_column(Boolean)
+    mention_count: Mapped[int] = mapped_column(Integer, default=0)
+    position: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cited: Mapped[bool] = mapped_column(Boolean)
+    citation_count: Mapped[int] = mapped_column(Integer, default=0)
+    positive_claims: Mapped[int] = mapped_column(Integer, default=0)
+    neutral_claims: Mapped[int] = mapped_column(Integer, default=0)
+    negative_claims: Mapped[int] = mapped_column(Integer, default=0)
+    metrics_version: Mapped[str] = mapped_column(String(32))
+
+
+class AnalyticsSnapshot(Base):
+    __tablename__ = "analytics_snapshots"
+    __table_args__ = (UniqueConstraint("org_id", "cycle_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id", ondelete="CASCADE"))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    analytics_version: Mapped[str] = mapped_column(String(32))
+    generated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PushDelivery(Base):
+    """One delivery attempt of an org's analytics; every attempt is kept."""
+
+    __tablename__ = "push_deliveries"
+    __table_args__ = (Index("ix_push_deliveries_key", "idempotency_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id", ondelete="CASCADE"))
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("analytics_snapshots.id", ondelete="CASCADE"))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(16))  # webhook | outbox
+    destination: Mapped[str] = mapped_column(Text)  # redacted URL or outbox file path
+    attempt: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,277 @@
+"""ProcessOrg assets. Per question run: answer -> run record -> mentions, citations, claims -> metrics.
+Per org: latest flags -> analytics -> push. State passes through the app database, never pickles."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource, PushResource
+from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
+from icp_pipeline.providers.base import ProviderError
+from icp_pipeline.visibility import steps
+from icp_pipeline.visibility.analytics import analytics_markdown
+from icp_pipeline.visibility.push import PushFailed, push_snapshot
+
+QUESTION_RUNS_GROUP = "question_runs"
+ORG_GROUP = "org_rollups"
+
+# Transient provider and database errors are retried; permanent ones raise Failure(allow_retries=False).
+MODEL_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+DB_RETRY = dg.RetryPolicy(max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _metadata(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop unknowns: a missing cost stays missing in the UI rather than showing as 0."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@contextmanager
+def question_run_step(
+    context: dg.AssetExecutionContext, app_db: AppDatabase, step: str, policy: dg.RetryPolicy
+) -> Iterator[None]:
+    """Turn a step's error into a Dagster Failure; on the last attempt (or a permanent error) the
+    partition's cycle item is marked failed so the cycle can still complete."""
+    try:
+        yield
+    except (ProviderError, steps.StepError, LookupError, Exception) as error:  # noqa: B014 - order documents intent
+        retryable = (
+            error.retryable
+            if isinstance(error, ProviderError)
+            else not isinstance(error, steps.StepError | LookupError)
+        )
+        if not retryable or context.retry_number >= policy.max_retries:
+            steps.fail_partition(app_db.resolved_url, context.partition_key, step, str(error))
+        raise dg.Failure(
+            description=f"{step} failed for {context.partition_key}: {error}", allow_retries=retryable
+        ) from error
+
+
+def _question_run_asset(**kwargs: Any) -> Callable:
+    return dg.asset(partitions_def=question_runs_partitions, group_name=QUESTION_RUNS_GROUP, **kwargs)
+
+
+@_question_run_asset(
+    description="Asks the assistant the question (once per cycle) and records the paid answer in the ledger.",
+    kinds={"python", "llm"},
+    pool=LLM_POOL,
+    retry_policy=MODEL_RETRY,
+)
+def ai_answer(
+    context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
+) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "ai_answer", MODEL_RETRY):
+        summary = steps.buy_answers(app_db.resolved_url, context.partition_key, models.provider_for)
+    return dg.MaterializeResult(
+        metadata=_metadata(
+            {
+                "answers_bought": summary["bought"],
+                "answers_reused": summary["reused"],
+                "input_tokens": summary["input_tokens"],
+                "output_tokens": summary["output_tokens"],
+                "cost_usd": summary["cost_usd"],
+                "latency_ms": summary["latency_ms"],
+                "response_model": summary["response_model"],
+                "synthetic": summary["synthetic"],
+                "answer_preview": dg.MetadataValue.md(summary["answer_preview"] or "(empty)"),
+            }
+        )
+    )
+
+
+@_question_run_asset(
+    description="Stores the run record (answer, raw response, tokens, cost, latency, provenance) from the ledger.",
+    kinds={"python", "sql"},
+    deps=[ai_answer],
+    retry_policy=DB_RETRY,
+)
+def question_run(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "question_run", DB_RETRY):
+        summary = steps.store_runs(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata=_metadata(
+            {
+                "question_run_ids": dg.MetadataValue.json(summary["question_run_ids"]),
+                "input_tokens": summary["input_tokens"],
+                "output_tokens": summary["output_tokens"],
+                "cost_usd": summary["cost_usd"],
+                "latency_ms": summary["latency_ms"],
+                "synthetic": summary["synthetic"],
+                "answer_preview": dg.MetadataValue.md(summary["answer_preview"] or "(empty)"),
+            }
+        )
+    )
+
+
+@_question_run_asset(
+    description="Finds whole-word mentions of the target and competitors and their order in the answer.",
+    kinds={"python", "sql"},
+    deps=[question_run],
+    retry_policy=DB_RETRY,
+)
+def run_mentions(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "run_mentions", DB_RETRY):
+        summary = steps.extract_mentions(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "mentions": summary["mentions"],
+            "companies_mentioned": len(summary["by_company"]),
+            "mentions_by_company": dg.MetadataValue.json(summary["by_company"]),
+        }
+    )
+
+
+@_question_run_asset(
+    description="Collects cited URLs from provider annotations and the answer text, normalised once per run.",
+    kinds={"python", "sql"},
+    deps=[question_run],
+    retry_policy=DB_RETRY,
+)
+def run_citations(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "run_citations", DB_RETRY):
+        summary = steps.extract_run_citations(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "citations": summary["citations"],
+            "retrieved_not_cited": summary["retrieved_not_cited"],
+            "domains": dg.MetadataValue.json(summary["domains"]),
+        }
+    )
+
+
+@_question_run_asset(
+    description="Extracts claims about companies with one structured-output model call per run.",
+    kinds={"python", "llm"},
+    deps=[question_run, run_citations],
+    pool=LLM_POOL,
+    retry_policy=MODEL_RETRY,
+)
+def run_claims(
+    context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
+) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "run_claims", MODEL_RETRY):
+        summary = steps.extract_claims(app_db.resolved_url, context.partition_key, models.provider_for)
+    return dg.MaterializeResult(
+        metadata={
+            "claims": summary["claims"],
+            "model_calls": summary["model_calls"],
+            "reused_calls": summary["reused_calls"],
+            "positive": summary["positive"],
+            "neutral": summary["neutral"],
+            "negative": summary["negative"],
+        }
+    )
+
+
+@_question_run_asset(
+    description="Computes per-company competitive metrics of the run and completes its cycle item.",
+    kinds={"python", "sql"},
+    deps=[run_mentions, run_citations, run_claims],
+    retry_policy=DB_RETRY,
+)
+def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "competitive_metrics", DB_RETRY):
+        summary = steps.compute_metrics(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "mentioned": dg.MetadataValue.json(summary["mentioned"]),
+            "mentioned_count": len(summary["mentioned"]),
+            "cited": dg.MetadataValue.json(summary["cited"]),
+            "positions": dg.MetadataValue.json(summary["positions"]),
+        }
+    )
+
+
+# Org roll-ups read every question run of their org from the database; the mapping tells Dagster
+# that one org partition depends on many question-run partitions.
+_ALL_QUESTION_RUNS = dg.AllPartitionMapping()
+
+
+@dg.asset(
+    partitions_def=orgs_partitions,
+    group_name=ORG_GROUP,
+    description="Flags the latest completed run of each question x model x location of the org.",
+    kinds={"python", "sql"},
+    deps=[dg.AssetDep(competitive_metrics, partition_mapping=_ALL_QUESTION_RUNS)],
+    retry_policy=DB_RETRY,
+)
+def latest_runs(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    summary = steps.mark_latest(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "latest_runs": summary["latest_runs"],
+            "from_cycles": dg.MetadataValue.json(summary["from_cycles"]),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=orgs_partitions,
+    group_name=ORG_GROUP,
+    description="Computes the org's analytics (mention rate, share of voice, position, citations, sentiment, cost).",
+    kinds={"python", "sql"},
+    deps=[latest_runs],
+    retry_policy=DB_RETRY,
+)
+def org_analytics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    snapshot = steps.build_analytics(app_db.resolved_url, context.partition_key)
+    payload = snapshot.payload
+    target = next((c for c in payload["companies"] if c["is_target"]), None)
+    return dg.MaterializeResult(
+        metadata=_metadata(
+            {
+                "cycle_id": payload["cycle_id"],
+                "runs_completed": payload["runs"]["completed"],
+                "runs_failed": payload["runs"]["failed"],
+                "latest_runs": payload["latest_runs"],
+                "target_mention_rate": target["mention_rate"] if target else None,
+                "target_share_of_voice": target["share_of_voice"] if target else None,
+                "cost_usd": payload["cost"]["total"]["usd"],
+                "synthetic": payload["synthetic"],
+                "analytics": dg.MetadataValue.md(analytics_markdown(payload)),
+            }
+        )
+    )
+
+
+@dg.asset(
+    partitions_def=orgs_partitions,
+    group_name=ORG_GROUP,
+    description="Pushes the org's latest analytics to the webhook (signed, idempotent) or the local outbox.",
+    kinds={"python", "webhook"},
+    deps=[org_analytics],
+)
+def analytics_push(
+    context: dg.AssetExecutionContext, app_db: AppDatabase, push: PushResource
+) -> dg.MaterializeResult:
+    with session_scope(app_db.resolved_url) as session:
+        snapshot = steps.latest_snapshot(session, context.partition_key)
+        if snapshot is None:
+            raise dg.Failure(
+                f"org {context.partition_key!r} has no analytics yet; materialize org_analytics first",
+                allow_retries=False,
+            )
+        try:
+            result = push_snapshot(session, snapshot, push.push_settings())
+        except PushFailed as error:
+            raise dg.Failure(str(error), allow_retries=False) from error
+    return dg.MaterializeResult(
+        metadata=_metadata(
+            {
+                "target": result["target"],
+                "destination": result["destination"],
+                "attempts": result["attempts"],
+                "idempotency_key": result["idempotency_key"],
+                "status_code": result.get("status_code"),
+                "cycle_id": snapshot.cycle_id,
+            }
+        )
+    )
+
+
+question_run_assets = [ai_answer, question_run, run_mentions, run_citations, run_claims, competitive_metrics]
+org_assets = [latest_runs, org_analytics, analytics_push]

@@ -1,0 +1,1 @@
+"""The model-provider layer: one interface, one adapter per provider, no Dagster imports."""

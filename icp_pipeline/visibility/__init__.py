@@ -1,0 +1,1 @@
+"""ProcessOrg domain logic: plain functions, no Dagster imports."""

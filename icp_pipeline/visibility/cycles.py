@@ -1,0 +1,151 @@
+"""Cycle manifests: open a cycle, track each item's status, and decide when a cycle is complete."""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from icp_pipeline.db.models import Cycle, CycleItem, Org, OrgLocation, OrgModel, Question
+from icp_pipeline.visibility.keys import question_run_key
+
+TERMINAL = ("succeeded", "failed")
+
+
+class UnknownOrg(LookupError):
+    pass
+
+
+def require_org(session: Session, org_id: str) -> Org:
+    org = session.get(Org, org_id)
+    if org is None:
+        raise UnknownOrg(f"unknown org {org_id!r}; load it first with `icp-pipeline org load FILE`")
+    return org
+
+
+def combinations(session: Session, org_id: str) -> list[tuple[str, Question, OrgModel, OrgLocation]]:
+    questions = session.scalars(
+        select(Question).where(Question.org_id == org_id, Question.active).order_by(Question.position)
+    )
+    models = list(
+        session.scalars(
+            select(OrgModel).where(OrgModel.org_id == org_id, OrgModel.active).order_by(OrgModel.id)
+        )
+    )
+    locations = list(
+        session.scalars(
+            select(OrgLocation)
+            .where(OrgLocation.org_id == org_id, OrgLocation.active)
+            .order_by(OrgLocation.id)
+        )
+    )
+    return [
+        (question_run_key(org_id, q.key, m.slug, loc.country_code), q, m, loc)
+        for q in questions
+        for m in models
+        for loc in locations
+    ]
+
+
+def latest_cycle(session: Session, org_id: str) -> Cycle | None:
+    return session.scalars(
+        select(Cycle).where(Cycle.org_id == org_id).order_by(Cycle.id.desc()).limit(1)
+    ).first()
+
+
+def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tuple[Cycle, bool]:
+    """The org's running cycle, or a new one with one item per combination and sample.
+    Returns (cycle, created)."""
+    require_org(session, org_id)
+    running = session.scalars(select(Cycle).where(Cycle.org_id == org_id, Cycle.status == "running")).first()
+    if running is not None:
+        return running, False
+    cycle = Cycle(org_id=org_id, samples_per_item=samples_per_item)
+    session.add(cycle)
+    session.flush()
+    items = [
+        CycleItem(
+            cycle_id=cycle.id,
+            partition_key=key,
+            question_id=q.id,
+            model_id=m.id,
+            location_id=loc.id,
+            sample_index=sample,
+        )
+        for key, q, m, loc in combinations(session, org_id)
+        for sample in range(samples_per_item)
+    ]
+    if not items:
+        raise ValueError(f"org {org_id!r} has no active question x model x location combination")
+    session.add_all(items)
+    cycle.total = len(items)
+    session.flush()
+    return cycle, True
+
+
+def items_for_partition(session: Session, partition_key: str) -> list[CycleItem]:
+    """The items of a question-run partition in the latest cycle that has it (all its samples)."""
+    cycle_id = session.scalar(
+        select(func.max(CycleItem.cycle_id)).where(CycleItem.partition_key == partition_key)
+    )
+    if cycle_id is None:
+        raise LookupError(
+            f"no cycle has question run {partition_key!r}; start one with `icp-pipeline org run ORG` "
+            "or materialize the org's `org_cycle` asset"
+        )
+    return list(
+        session.scalars(
+            select(CycleItem)
+            .where(CycleItem.cycle_id == cycle_id, CycleItem.partition_key == partition_key)
+            .order_by(CycleItem.sample_index)
+        )
+    )
+
+
+def set_item_status(
+    session: Session, item: CycleItem, status: str, step: str | None = None, error: str | None = None
+) -> None:
+    item.status = status
+    item.failed_step = step if status == "failed" else None
+    item.error = error if status == "failed" else None
+    session.flush()
+    refresh_cycle(session, item.cycle_id)
+
+
+def refresh_cycle(session: Session, cycle_id: int) -> Cycle:
+    """Recount the manifest from its items and close the cycle once every item is terminal.
+    A cycle succeeds when at least one item did."""
+    cycle = session.get(Cycle, cycle_id, populate_existing=True)
+    counts = dict(
+        session.execute(
+            select(CycleItem.status, func.count())
+            .where(CycleItem.cycle_id == cycle_id)
+            .group_by(CycleItem.status)
+        ).all()
+    )
+    cycle.completed = counts.get("succeeded", 0)
+    cycle.failed = counts.get("failed", 0)
+    cycle.total = sum(counts.values())
+    if cycle.completed + cycle.failed == cycle.total:
+        if cycle.status == "running":
+            cycle.status = "succeeded" if cycle.completed else "failed"
+            cycle.completed_at = datetime.now(UTC)
+    elif cycle.status != "running":  # an item was re-opened by a retry: roll up again when done
+        cycle.status, cycle.completed_at, cycle.rollup_requested_at = "running", None, None
+    session.flush()
+    return cycle
+
+
+def claim_rollup(session: Session, cycle_id: int) -> bool:
+    """Atomically claim the right to request a complete cycle's roll-ups; True for the one winner."""
+    result = session.execute(
+        update(Cycle)
+        .where(Cycle.id == cycle_id, Cycle.rollup_requested_at.is_(None), Cycle.status != "running")
+        .values(rollup_requested_at=datetime.now(UTC))
+    )
+    return result.rowcount == 1
+
+
+def cycles_ready_for_rollup(session: Session) -> list[Cycle]:
+    return list(
+        session.scalars(select(Cycle).where(Cycle.status != "running", Cycle.rollup_requested_at.is_(None)))
+    )

@@ -1,0 +1,25 @@
+"""Stable, readable identifiers: question keys, model slugs and question-run partition keys."""
+
+import hashlib
+import re
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def question_key(text: str) -> str:
+    """A stable key from the question text, so reordering questions never renames partitions."""
+    normalized = " ".join(text.lower().split())
+    return "q-" + hashlib.sha1(normalized.encode()).hexdigest()[:6]
+
+
+def model_slug(provider: str, model: str) -> str:
+    return f"{provider}-{_UNSAFE.sub('-', model).strip('-')}"
+
+
+def question_run_key(org_id: str, question: str, model: str, country: str) -> str:
+    """`acme|q-1a2b3c|openai-gpt-4o-mini|US`: one partition per org x question x model x location."""
+    return f"{org_id}|{question}|{model}|{country}"
+
+
+def org_of_key(partition_key: str) -> str:
+    return partition_key.split("|", 1)[0]

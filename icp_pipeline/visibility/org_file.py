@@ -1,0 +1,247 @@
+"""The org file: a YAML description of an org, validated with pydantic and upserted idempotently."""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from icp_pipeline.db.models import Company, Org, OrgLocation, OrgModel, Question
+from icp_pipeline.visibility.countries import ISO_COUNTRY_CODES
+from icp_pipeline.visibility.keys import model_slug, question_key
+
+PROVIDERS = ("openai", "anthropic", "gemini", "offline")
+_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class CompanySpec(_Strict):
+    name: NonEmpty
+    aliases: list[NonEmpty] = []
+    domains: list[str] = []
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, domains: list[str]) -> list[str]:
+        cleaned = []
+        for domain in domains:
+            value = domain.strip().lower().removeprefix("www.")
+            if not _DOMAIN.match(value):
+                raise ValueError(f"{domain!r} is not a bare domain such as acme.io")
+            cleaned.append(value)
+        return cleaned
+
+
+class ModelSpec(_Strict):
+    provider: Literal["openai", "anthropic", "gemini", "offline"]
+    model: NonEmpty
+    web_search: bool = False
+
+
+class QuestionSpec(_Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] | None = None
+    text: Annotated[str, Field(min_length=3, max_length=2000)]
+
+
+class OrgSpec(_Strict):
+    id: str
+    name: NonEmpty
+    target: CompanySpec
+    competitors: list[CompanySpec] = []
+    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    locations: Annotated[list[str], Field(min_length=1)]
+    questions: Annotated[list[QuestionSpec | str], Field(min_length=1)]
+    schedule: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ORG_ID.match(value):
+            raise ValueError("must be lowercase letters, digits, '-' or '_' (at most 64), e.g. acme")
+        return value
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, locations: list[str]) -> list[str]:
+        codes = []
+        for index, code in enumerate(locations):
+            upper = str(code).strip().upper()
+            if upper not in ISO_COUNTRY_CODES:
+                raise ValueError(f"item {index}: {code!r} is not an ISO 3166-1 alpha-2 country code")
+            if upper in codes:
+                raise ValueError(f"item {index}: duplicate country {upper}")
+            codes.append(upper)
+        return codes
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, questions: list[QuestionSpec | str]) -> list[QuestionSpec]:
+        specs = [QuestionSpec(text=q) if isinstance(q, str) else q for q in questions]
+        seen_text: dict[str, int] = {}
+        seen_ids: dict[str, int] = {}
+        for index, spec in enumerate(specs):
+            normalized = " ".join(spec.text.lower().split())
+            if normalized in seen_text:
+                raise ValueError(f"item {index}: duplicate question (same as item {seen_text[normalized]})")
+            seen_text[normalized] = index
+            key = spec.id or question_key(spec.text)
+            if key in seen_ids:
+                raise ValueError(f"item {index}: duplicate question id {key!r}")
+            seen_ids[key] = index
+        return specs
+
+    @model_validator(mode="after")
+    def _unique_companies_and_models(self) -> "OrgSpec":
+        names: set[str] = set()
+        for company in [self.target, *self.competitors]:
+            if company.name.lower() in names:
+                raise ValueError(f"competitors: duplicate company name {company.name!r}")
+            names.add(company.name.lower())
+        slugs: set[str] = set()
+        for model in self.models:
+            slug = model_slug(model.provider, model.model)
+            if slug in slugs:
+                raise ValueError(f"models: duplicate model {model.provider}/{model.model}")
+            slugs.add(slug)
+        return self
+
+    def question_specs(self) -> list[QuestionSpec]:
+        return [q for q in self.questions if isinstance(q, QuestionSpec)]
+
+
+class OrgFileError(ValueError):
+    """A bad org file; the message names the file and each offending field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{source}: invalid org file\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("str", "QuestionSpec", "literal['openai','anthropic','gemini','offline']"):
+            continue  # pydantic's union-branch labels are noise to a reader
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(file)"
+
+
+def parse_org_text(text: str, source: str = "<org file>") -> OrgSpec:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise OrgFileError(source, [f"(file): not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise OrgFileError(
+            source, ["(file): expected a mapping with id, name, target, models, locations, questions"]
+        )
+    try:
+        return OrgSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "literal_error" and error["loc"][-1] == "provider":
+                message = f"unknown provider {error['input']!r}; expected one of {', '.join(PROVIDERS)}"
+            elif error["type"] == "missing":
+                message = "missing required field"
+            problems.append(f"{_field_path(error['loc'])}: {message}")
+        # A question given as a string fails both union branches; report it once.
+        raise OrgFileError(source, sorted(set(problems), key=problems.index)) from None
+
+
+def parse_org_file(path: Path) -> OrgSpec:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OrgFileError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
+    return parse_org_text(text, str(path))
+
+
+def config_sha256(spec: OrgSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
+    """Make the database match the org file. Removed entries are deactivated, never deleted,
+    so past runs keep their references. Returns counts of what changed."""
+    changes = {"created": 0, "updated": 0, "deactivated": 0}
+    org = session.get(Org, spec.id)
+    if org is None:
+        org = Org(id=spec.id, name=spec.name, config_sha256="")
+        session.add(org)
+        changes["created"] += 1
+    digest = config_sha256(spec)
+    if org.config_sha256 == digest:
+        return changes
+    org.name = spec.name
+    org.config_sha256 = digest
+
+    def sync(model: type, existing_key: str, wanted: dict[str, dict[str, Any]]) -> None:
+        rows = {
+            getattr(row, existing_key): row
+            for row in session.scalars(select(model).where(model.org_id == spec.id))
+        }
+        for key, values in wanted.items():
+            row = rows.get(key)
+            if row is None:
+                session.add(model(org_id=spec.id, **{existing_key: key}, **values, active=True))
+                changes["created"] += 1
+                continue
+            dirty = not row.active or any(getattr(row, k) != v for k, v in values.items())
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.active = True
+            changes["updated"] += int(dirty)
+        for key, row in rows.items():
+            if key not in wanted and row.active:
+                row.active = False
+                changes["deactivated"] += 1
+
+    companies = {
+        spec.target.name: {"is_target": True, "aliases": spec.target.aliases, "domains": spec.target.domains}
+    }
+    for competitor in spec.competitors:
+        companies[competitor.name] = {
+            "is_target": False,
+            "aliases": competitor.aliases,
+            "domains": competitor.domains,
+        }
+    sync(Company, "name", companies)
+    sync(
+        OrgModel,
+        "slug",
+        {
+            model_slug(m.provider, m.model): {
+                "provider": m.provider,
+                "model": m.model,
+                "web_search": m.web_search,
+            }
+            for m in spec.models
+        },
+    )
+    sync(OrgLocation, "country_code", {code: {} for code in spec.locations})
+    sync(
+        Question,
+        "key",
+        {
+            (q.id or question_key(q.text)): {"text": q.text, "position": position}
+            for position, q in enumerate(spec.question_specs())
+        },
+    )
+    session.flush()
+    return changes

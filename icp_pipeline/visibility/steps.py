@@ -1,0 +1,609 @@
+"""The micro-steps of a question run and the org roll-ups, as plain functions over the app database.
+
+Each step reads what the previous one stored and replaces its own rows as a whole, so any step can be
+re-run alone. Model calls happen outside database transactions and are written to the ledger the
+moment they return, before anything else can fail.
+"""
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from icp_pipeline.db.models import (
+    AnalyticsSnapshot,
+    Citation,
+    Claim,
+    Company,
+    CompetitiveMetric,
+    CycleItem,
+    Mention,
+    ModelCall,
+    OrgLocation,
+    OrgModel,
+    Question,
+    QuestionRun,
+)
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.providers.pricing import cost_usd
+from icp_pipeline.providers.structured import complete_structured
+from icp_pipeline.visibility import analytics as analytics_lib
+from icp_pipeline.visibility.citations import CITATIONS_VERSION, extract_citations
+from icp_pipeline.visibility.claims import CLAIMS_VERSION, ClaimExtraction
+from icp_pipeline.visibility.cycles import items_for_partition, latest_cycle, require_org, set_item_status
+from icp_pipeline.visibility.mentions import MENTIONS_VERSION, CompanyTerms, find_mentions
+from icp_pipeline.visibility.metrics import METRICS_VERSION, compute_run_metrics
+from icp_pipeline.visibility.prompts import ANSWER_SYSTEM, CLAIMS_SYSTEM, answer_prompt, claims_prompt
+
+ProviderFor = Callable[[str, str], ModelProvider]  # (provider, model) -> adapter
+
+
+class StepError(RuntimeError):
+    """A permanent failure of a step for a reason other than the provider (missing input, ...)."""
+
+
+def company_terms(session: Session, org_id: str) -> list[CompanyTerms]:
+    companies = session.scalars(
+        select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
+    )
+    return [CompanyTerms(c.id, c.name, tuple(c.aliases), tuple(c.domains)) for c in companies]
+
+
+def record_call(
+    session: Session, item_id: int | None, purpose: str, request: ModelRequest, response: ModelResponse
+) -> ModelCall:
+    finished = datetime.now(UTC)
+    call = ModelCall(
+        cycle_item_id=item_id,
+        purpose=purpose,
+        provider=request.provider,
+        requested_model=request.model,
+        response_model=response.response_model,
+        ok=True,
+        output_text=response.text,
+        raw_response=response.raw,
+        source_citations=[{"url": c.url, "title": c.title, "cited": c.cited} for c in response.citations],
+        input_tokens=response.input_tokens,
+        cached_input_tokens=response.cached_input_tokens,
+        output_tokens=response.output_tokens,
+        cost_usd=0.0
+        if response.synthetic
+        else cost_usd(
+            request.provider,
+            request.model,
+            response.input_tokens,
+            response.cached_input_tokens,
+            response.output_tokens,
+        ),
+        latency_ms=response.latency_ms,
+        web_search=response.web_search,
+        location_mode=response.location_mode,
+        synthetic=response.synthetic,
+        started_at=finished - timedelta(milliseconds=response.latency_ms),
+        finished_at=finished,
+    )
+    session.add(call)
+    session.flush()
+    return call
+
+
+def record_failed_call(
+    session: Session,
+    item_id: int | None,
+    purpose: str,
+    request: ModelRequest,
+    error: Exception,
+    started: datetime,
+) -> None:
+    session.add(
+        ModelCall(
+            cycle_item_id=item_id,
+            purpose=purpose,
+            provider=request.provider,
+            requested_model=request.model,
+            ok=False,
+            error=str(error),
+            output_text=getattr(error, "raw_text", None),
+            started_at=started,
+            finished_at=datetime.now(UTC),
+        )
+    )
+
+
+def _ok_call(session: Session, item_id: int, purpose: str) -> ModelCall | None:
+    return session.scalars(
+        select(ModelCall)
+        .where(ModelCall.cycle_item_id == item_id, ModelCall.purpose == purpose, ModelCall.ok)
+        .order_by(ModelCall.id.desc())
+        .limit(1)
+    ).first()
+
+
+def fail_partition(db_url: str, partition_key: str, step: str, error: str) -> None:
+    """Mark the partition's items failed (terminal) with the step and error that stopped them."""
+    with session_scope(db_url) as session:
+        for item in items_for_partition(session, partition_key):
+            if item.status != "succeeded":
+                set_item_status(session, item, "failed", step, error)
+            run = session.scalars(select(QuestionRun).where(QuestionRun.cycle_item_id == item.id)).first()
+            if run is not None and run.status != "completed":
+                run.status, run.error = "failed", error
+
+
+# --- question-run steps -------------------------------------------------------------------------
+
+
+def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> dict[str, Any]:
+    """Ask the assistant once per item. An item whose answer is already in the ledger is never asked again."""
+    with session_scope(db_url) as session:
+        items = items_for_partition(session, partition_key)
+        org_id = items[0].cycle.org_id
+        hints = {
+            "companies": [
+                {"name": t.name, "domains": list(t.domains)} for t in company_terms(session, org_id)
+            ]
+        }
+        todo: list[tuple[int, ModelRequest]] = []
+        reused: list[ModelCall] = []
+        for item in items:
+            existing = _ok_call(session, item.id, "answer")
+            if existing is not None:
+                reused.append(existing)
+                continue
+            if item.status == "failed":  # a retry of a failed partition re-opens its items
+                set_item_status(session, item, "pending")
+            country = item.location.country_code
+            todo.append(
+                (
+                    item.id,
+                    ModelRequest(
+                        provider=item.model.provider,
+                        model=item.model.model,
+                        prompt=answer_prompt(item.question.text, None if item.model.web_search else country),
+                        system=ANSWER_SYSTEM,
+                        purpose="answer",
+                        country=country,
+                        web_search=item.model.web_search,
+                        offline_hints=hints,
+                    ),
+                )
+            )
+    bought: list[ModelCall] = []
+    for item_id, request in todo:
+        started = datetime.now(UTC)
+        try:
+            response = provider_for(request.provider, request.model).complete(request)
+        except ProviderError as error:
+            with session_scope(db_url) as session:
+                record_failed_call(session, item_id, "answer", request, error, started)
+            raise
+        with session_scope(db_url) as session:
+            bought.append(record_call(session, item_id, "answer", request, response))
+            set_item_status(session, session.get(CycleItem, item_id), "answered")
+    calls = bought + reused
+    return {
+        "bought": len(bought),
+        "reused": len(reused),
+        "input_tokens": sum(c.input_tokens or 0 for c in calls),
+        "output_tokens": sum(c.output_tokens or 0 for c in calls),
+        "cost_usd": None
+        if any(c.cost_usd is None for c in calls)
+        else round(sum(c.cost_usd for c in calls), 8),
+        "latency_ms": max((c.latency_ms or 0 for c in bought), default=0),
+        "response_model": calls[0].response_model if calls else None,
+        "synthetic": any(c.synthetic for c in calls),
+        "answer_preview": (calls[0].output_text or "")[:300] if calls else "",
+    }
+
+
+def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
+    """Build (or rebuild) the run record of each item from its answer in the ledger."""
+    with session_scope(db_url) as session:
+        runs = []
+        for item in items_for_partition(session, partition_key):
+            call = _ok_call(session, item.id, "answer")
+            if call is None:
+                raise StepError(
+                    f"{partition_key}: no stored answer for sample {item.sample_index}; materialize ai_answer first"
+                )
+            run = session.scalars(select(QuestionRun).where(QuestionRun.cycle_item_id == item.id)).first()
+            if run is None:
+                run = QuestionRun(cycle_item_id=item.id, status="stored")
+            run.answer_call_id = call.id
+            run.org_id = item.cycle.org_id
+            run.cycle_id = item.cycle_id
+            run.partition_key = item.partition_key
+            run.question_id, run.model_id, run.location_id = item.question_id, item.model_id, item.location_id
+            run.sample_index = item.sample_index
+            run.prompt = answer_prompt(
+                item.question.text, None if call.web_search else item.location.country_code
+            )
+            run.answer_text = call.output_text
+            run.raw_response = call.raw_response
+            run.provider, run.requested_model, run.response_model = (
+                call.provider,
+                call.requested_model,
+                call.response_model,
+            )
+            run.web_search, run.location_mode, run.synthetic = (
+                call.web_search,
+                call.location_mode,
+                call.synthetic,
+            )
+            run.input_tokens, run.output_tokens, run.cost_usd = (
+                call.input_tokens,
+                call.output_tokens,
+                call.cost_usd,
+            )
+            run.latency_ms = call.latency_ms
+            if run.status != "completed":
+                run.status, run.error = "stored", None
+            session.add(run)
+            runs.append(run)
+        session.flush()
+        return {
+            "runs": len(runs),
+            "question_run_ids": [r.id for r in runs],
+            "input_tokens": sum(r.input_tokens or 0 for r in runs),
+            "output_tokens": sum(r.output_tokens or 0 for r in runs),
+            "cost_usd": None
+            if any(r.cost_usd is None for r in runs)
+            else round(sum(r.cost_usd for r in runs), 8),
+            "latency_ms": max((r.latency_ms or 0 for r in runs), default=0),
+            "synthetic": any(r.synthetic for r in runs),
+            "answer_preview": (runs[0].answer_text or "")[:300] if runs else "",
+        }
+
+
+def _runs(session: Session, partition_key: str) -> list[QuestionRun]:
+    runs = []
+    for item in items_for_partition(session, partition_key):
+        run = session.scalars(select(QuestionRun).where(QuestionRun.cycle_item_id == item.id)).first()
+        if run is None:
+            raise StepError(
+                f"{partition_key}: no run record for sample {item.sample_index}; materialize question_run first"
+            )
+        runs.append(run)
+    return runs
+
+
+def extract_mentions(db_url: str, partition_key: str) -> dict[str, Any]:
+    with session_scope(db_url) as session:
+        runs = _runs(session, partition_key)
+        terms = company_terms(session, runs[0].org_id)
+        names = {t.company_id: t.name for t in terms}
+        found_by_company: dict[str, int] = {}
+        for run in runs:
+            session.execute(delete(Mention).where(Mention.question_run_id == run.id))
+            for found in find_mentions(run.answer_text or "", terms):
+                session.add(
+                    Mention(
+                        question_run_id=run.id,
+                        company_id=found.company_id,
+                        first_offset=found.first_offset,
+                        mention_count=found.count,
+                        matched_text=found.matched_text[:200],
+                        position=found.position,
+                        extractor_version=MENTIONS_VERSION,
+                    )
+                )
+                found_by_company[names[found.company_id]] = (
+                    found_by_company.get(names[found.company_id], 0) + 1
+                )
+        return {"runs": len(runs), "mentions": sum(found_by_company.values()), "by_company": found_by_company}
+
+
+def extract_run_citations(db_url: str, partition_key: str) -> dict[str, Any]:
+    with session_scope(db_url) as session:
+        runs = _runs(session, partition_key)
+        total = retrieved = 0
+        domains: set[str] = set()
+        for run in runs:
+            call = session.get(ModelCall, run.answer_call_id) if run.answer_call_id else None
+            annotations = [
+                (c["url"], c.get("title"), c.get("cited", True))
+                for c in (call.source_citations if call else [])
+            ]
+            session.execute(delete(Citation).where(Citation.question_run_id == run.id))
+            for found in extract_citations(run.answer_text or "", annotations):
+                session.add(
+                    Citation(
+                        question_run_id=run.id,
+                        url=found.url,
+                        host=found.host,
+                        domain=found.domain,
+                        title=found.title,
+                        source=found.source,
+                        cited=found.cited,
+                        extractor_version=CITATIONS_VERSION,
+                    )
+                )
+                total += found.cited
+                retrieved += not found.cited
+                domains.add(found.domain)
+        return {
+            "runs": len(runs),
+            "citations": total,
+            "retrieved_not_cited": retrieved,
+            "domains": sorted(domains),
+        }
+
+
+def _match_company(name: str, terms: list[CompanyTerms]) -> int | None:
+    wanted = name.strip().casefold()
+    for t in terms:
+        if wanted in {n.casefold() for n in (t.name, *t.aliases)}:
+            return t.company_id
+    return None
+
+
+def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -> dict[str, Any]:
+    """One structured-output call per run; a run whose claims call is in the ledger is re-parsed, not re-bought."""
+    with session_scope(db_url) as session:
+        runs = _runs(session, partition_key)
+        terms = company_terms(session, runs[0].org_id)
+        plan = []
+        for run in runs:
+            cited = sorted(
+                session.scalars(
+                    select(Citation.url).where(Citation.question_run_id == run.id, Citation.cited)
+                )
+            )
+            stored = _ok_call(session, run.cycle_item_id, "claims")
+            plan.append(
+                (
+                    run.id,
+                    run.cycle_item_id,
+                    run.provider,
+                    run.requested_model,
+                    run.answer_text or "",
+                    cited,
+                    stored,
+                )
+            )
+    bought = reused = claims_total = 0
+    sentiments: dict[str, int] = {"positive": 0, "neutral": 0, "negative": 0}
+    for run_id, item_id, provider, model, answer, cited, stored in plan:
+        context = {"citations": set(cited)}
+        extraction = None
+        call_id = None
+        if stored is not None:
+            try:
+                extraction = ClaimExtraction.model_validate_json(stored.output_text or "", context=context)
+                call_id, reused = stored.id, reused + 1
+            except ValueError:
+                extraction = None  # the stored output no longer fits the run's citations: ask again
+        if extraction is None:
+            names = [t.name for t in terms]
+            request = ModelRequest(
+                provider=provider,
+                model=model,
+                prompt=claims_prompt(answer, names, cited),
+                system=CLAIMS_SYSTEM,
+                purpose="claims",
+                offline_hints={"answer": answer, "company_names": names, "citations": cited},
+            )
+            call_ids: list[int] = []
+
+            def record(
+                response: ModelResponse, request: ModelRequest = request, item_id: int = item_id
+            ) -> None:
+                with session_scope(db_url) as session:
+                    call_ids.append(record_call(session, item_id, "claims", request, response).id)
+
+            started = datetime.now(UTC)
+            try:
+                extraction = complete_structured(
+                    provider_for(provider, model), request, ClaimExtraction, record, context
+                )
+            except ProviderError as error:
+                with session_scope(db_url) as session:
+                    if (
+                        error.raw_text is None
+                    ):  # the call itself failed; an invalid reply is already in the ledger
+                        record_failed_call(session, item_id, "claims", request, error, started)
+                    run = session.get(QuestionRun, run_id)
+                    run.error = str(error)
+                    if error.raw_text is not None:
+                        run.raw_output_text = error.raw_text  # invalid output is kept, never lost
+                raise
+            bought += len(call_ids)
+            call_id = call_ids[-1]
+        with session_scope(db_url) as session:
+            session.execute(delete(Claim).where(Claim.question_run_id == run_id))
+            for claim in extraction.claims:
+                session.add(
+                    Claim(
+                        question_run_id=run_id,
+                        model_call_id=call_id,
+                        company_id=_match_company(claim.company, terms),
+                        company_name=claim.company[:200],
+                        text=claim.text,
+                        sentiment=claim.sentiment,
+                        supporting_urls=claim.supporting_urls,
+                        extractor_version=CLAIMS_VERSION,
+                    )
+                )
+                sentiments[claim.sentiment] += 1
+                claims_total += 1
+    return {
+        "runs": len(plan),
+        "claims": claims_total,
+        "model_calls": bought,
+        "reused_calls": reused,
+        **sentiments,
+    }
+
+
+def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
+    """Per-company metrics of each run; completes the run and its cycle item."""
+    with session_scope(db_url) as session:
+        runs = _runs(session, partition_key)
+        terms = company_terms(session, runs[0].org_id)
+        names = {t.company_id: t.name for t in terms}
+        summary: dict[str, Any] = {"runs": len(runs), "mentioned": [], "cited": [], "positions": {}}
+        for run in runs:
+            mentions = {
+                m.company_id: (m.position, m.mention_count)
+                for m in session.scalars(select(Mention).where(Mention.question_run_id == run.id))
+            }
+            hosts = list(
+                session.scalars(
+                    select(Citation.host).where(Citation.question_run_id == run.id, Citation.cited)
+                )
+            )
+            sentiments = list(
+                session.execute(
+                    select(Claim.company_id, Claim.sentiment).where(Claim.question_run_id == run.id)
+                ).tuples()
+            )
+            session.execute(delete(CompetitiveMetric).where(CompetitiveMetric.question_run_id == run.id))
+            for row in compute_run_metrics(terms, mentions, hosts, sentiments):
+                session.add(
+                    CompetitiveMetric(question_run_id=run.id, metrics_version=METRICS_VERSION, **row.__dict__)
+                )
+                if row.mentioned:
+                    summary["mentioned"].append(names[row.company_id])
+                    summary["positions"][names[row.company_id]] = row.position
+                if row.cited:
+                    summary["cited"].append(names[row.company_id])
+            run.status, run.error, run.completed_at = "completed", None, run.completed_at or datetime.now(UTC)
+            set_item_status(session, run.item, "succeeded")
+        return summary
+
+
+# --- org roll-ups ---------------------------------------------------------------------------------
+
+
+def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
+    """Flag, per question x model x location, the completed runs of the newest cycle that has one."""
+    with session_scope(db_url) as session:
+        require_org(session, org_id)
+        qr = QuestionRun
+        newest = (
+            select(qr.question_id, qr.model_id, qr.location_id, func.max(qr.cycle_id).label("cycle_id"))
+            .where(qr.org_id == org_id, qr.status == "completed")
+            .group_by(qr.question_id, qr.model_id, qr.location_id)
+            .subquery()
+        )
+        latest_ids = (
+            select(qr.id)
+            .join(
+                newest,
+                and_(
+                    qr.question_id == newest.c.question_id,
+                    qr.model_id == newest.c.model_id,
+                    qr.location_id == newest.c.location_id,
+                    qr.cycle_id == newest.c.cycle_id,
+                ),
+            )
+            .where(qr.status == "completed", qr.org_id == org_id)
+        )
+        ids = set(session.scalars(latest_ids))
+        session.execute(update(qr).where(qr.org_id == org_id, qr.id.in_(ids)).values(is_latest=True))
+        session.execute(
+            update(qr).where(qr.org_id == org_id, qr.id.not_in(ids), qr.is_latest).values(is_latest=False)
+        )
+        cycles = sorted({c for (c,) in session.execute(select(qr.cycle_id).where(qr.id.in_(ids)))})
+        return {"latest_runs": len(ids), "from_cycles": cycles}
+
+
+def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
+    """Compute the org's analytics for its newest cycle and store them as that cycle's snapshot."""
+    with session_scope(db_url) as session:
+        require_org(session, org_id)
+        cycle = latest_cycle(session, org_id)
+        if cycle is None:
+            raise StepError(f"org {org_id!r} has no cycle yet; run `icp-pipeline org run {org_id}`")
+        companies = list(
+            session.scalars(
+                select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
+            )
+        )
+        runs = list(
+            session.scalars(
+                select(QuestionRun)
+                .join(Question, Question.id == QuestionRun.question_id)
+                .join(OrgModel, OrgModel.id == QuestionRun.model_id)
+                .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
+                .where(
+                    QuestionRun.org_id == org_id,
+                    QuestionRun.is_latest,
+                    Question.active,
+                    OrgModel.active,
+                    OrgLocation.active,
+                )
+                .order_by(QuestionRun.id)
+            )
+        )
+        run_ids = [r.id for r in runs]
+        facts = {
+            r.id: analytics_lib.RunFacts(
+                run_id=r.id, model=f"{r.provider}/{r.requested_model}", location=r.location.country_code
+            )
+            for r in runs
+        }
+        for metric in session.scalars(
+            select(CompetitiveMetric).where(CompetitiveMetric.question_run_id.in_(run_ids))
+        ):
+            if metric.mentioned and metric.position is not None:
+                facts[metric.question_run_id].positions[metric.company_id] = metric.position
+            if metric.cited:
+                facts[metric.question_run_id].cited_companies.add(metric.company_id)
+        for run_id, url, domain in session.execute(
+            select(Citation.question_run_id, Citation.url, Citation.domain).where(
+                Citation.question_run_id.in_(run_ids), Citation.cited
+            )
+        ):
+            facts[run_id].cited_urls.append((url, domain))
+        for run_id, company_id, sentiment in session.execute(
+            select(Claim.question_run_id, Claim.company_id, Claim.sentiment).where(
+                Claim.question_run_id.in_(run_ids)
+            )
+        ):
+            facts[run_id].claim_sentiments.append((company_id, sentiment))
+        calls = [
+            analytics_lib.CallCost(
+                f"{c.provider}/{c.requested_model}", c.input_tokens, c.output_tokens, c.cost_usd
+            )
+            for c in session.scalars(
+                select(ModelCall)
+                .join(CycleItem, CycleItem.id == ModelCall.cycle_item_id)
+                .where(CycleItem.cycle_id == cycle.id, ModelCall.ok)
+            )
+        ]
+        payload = analytics_lib.compute_analytics(
+            org_id=org_id,
+            cycle_id=cycle.id,
+            generated_at=datetime.now(UTC),
+            run_counts={"total": cycle.total, "completed": cycle.completed, "failed": cycle.failed},
+            companies=[analytics_lib.CompanyInfo(c.id, c.name, c.is_target) for c in companies],
+            runs=list(facts.values()),
+            calls=calls,
+            synthetic=any(r.synthetic for r in runs),
+        )
+        snapshot = session.scalars(
+            select(AnalyticsSnapshot).where(
+                AnalyticsSnapshot.org_id == org_id, AnalyticsSnapshot.cycle_id == cycle.id
+            )
+        ).first()
+        if snapshot is None:
+            snapshot = AnalyticsSnapshot(org_id=org_id, cycle_id=cycle.id, payload={}, analytics_version="")
+            session.add(snapshot)
+        snapshot.payload = payload
+        snapshot.analytics_version = analytics_lib.ANALYTICS_VERSION
+        snapshot.generated_at = datetime.now(UTC)
+        session.flush()
+        return snapshot
+
+
+def latest_snapshot(session: Session, org_id: str) -> AnalyticsSnapshot | None:
+    return session.scalars(
+        select(AnalyticsSnapshot)
+        .where(AnalyticsSnapshot.org_id == org_id)
+        .order_by(AnalyticsSnapshot.cycle_id.desc())
+        .limit(1)
+    ).first()
