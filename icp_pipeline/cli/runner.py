@@ -80,10 +80,8 @@ class Progress:
         filled = int(width * done / self.total) if self.total else width
         bar = "#" * filled + "-" * (width - filled)
         elapsed = time.monotonic() - self.started
-        sys.stderr.write(
-            f"{'\r' if self.tty else ''}[{bar}] {done}/{self.total}  completed {completed}  failed {failed}"
-            f"  {elapsed:5.1f}s{'' if self.tty else chr(10)}"
-        )
+        line = f"[{bar}] {done}/{self.total}  completed {completed}  failed {failed}  {elapsed:5.1f}s"
+        sys.stderr.write("\r" + line if self.tty else line + "\n")
         sys.stderr.flush()
 
     def close(self) -> None:

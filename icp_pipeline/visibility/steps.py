@@ -340,6 +340,35 @@ def _match_company(name: str, terms: list[CompanyTerms]) -> int | None:
     return None
 
 
+def _buy_claims(
+    db_url: str,
+    run_id: int,
+    item_id: int,
+    request: ModelRequest,
+    provider_for: ProviderFor,
+    context: dict[str, Any],
+) -> tuple[ClaimExtraction, list[int]]:
+    call_ids: list[int] = []
+
+    def record(response: ModelResponse) -> None:
+        with session_scope(db_url) as session:
+            call_ids.append(record_call(session, item_id, "claims", request, response).id)
+
+    started = datetime.now(UTC)
+    try:
+        provider = provider_for(request.provider, request.model)
+        return complete_structured(provider, request, ClaimExtraction, record, context), call_ids
+    except ProviderError as error:
+        with session_scope(db_url) as session:
+            if error.raw_text is None:  # the call failed; an invalid reply is already in the ledger
+                record_failed_call(session, item_id, "claims", request, error, started)
+            run = session.get(QuestionRun, run_id)
+            run.error = str(error)
+            if error.raw_text is not None:
+                run.raw_output_text = error.raw_text  # invalid output is kept, never lost
+        raise
+
+
 def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -> dict[str, Any]:
     """One structured-output call per run; a run whose claims call is in the ledger is re-parsed, not re-bought."""
     with session_scope(db_url) as session:
@@ -386,30 +415,7 @@ def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -
                 purpose="claims",
                 offline_hints={"answer": answer, "company_names": names, "citations": cited},
             )
-            call_ids: list[int] = []
-
-            def record(
-                response: ModelResponse, request: ModelRequest = request, item_id: int = item_id
-            ) -> None:
-                with session_scope(db_url) as session:
-                    call_ids.append(record_call(session, item_id, "claims", request, response).id)
-
-            started = datetime.now(UTC)
-            try:
-                extraction = complete_structured(
-                    provider_for(provider, model), request, ClaimExtraction, record, context
-                )
-            except ProviderError as error:
-                with session_scope(db_url) as session:
-                    if (
-                        error.raw_text is None
-                    ):  # the call itself failed; an invalid reply is already in the ledger
-                        record_failed_call(session, item_id, "claims", request, error, started)
-                    run = session.get(QuestionRun, run_id)
-                    run.error = str(error)
-                    if error.raw_text is not None:
-                        run.raw_output_text = error.raw_text  # invalid output is kept, never lost
-                raise
+            extraction, call_ids = _buy_claims(db_url, run_id, item_id, request, provider_for, context)
             bought += len(call_ids)
             call_id = call_ids[-1]
         with session_scope(db_url) as session:
