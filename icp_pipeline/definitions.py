@@ -7,12 +7,17 @@ from icp_pipeline.defs.visibility import assets as visibility_assets
 from icp_pipeline.defs.visibility.jobs import org_rollup_job, question_run_job
 from icp_pipeline.defs.visibility.sensors import cycle_complete_sensor
 
-defs = dg.Definitions(
-    assets=[*visibility_assets.question_run_assets, *visibility_assets.org_assets],
-    jobs=[question_run_job, org_rollup_job],
-    sensors=[cycle_complete_sensor],
-    resources=resources_from_env(),
-    # A run's steps are a short chain of light steps; spawning a process per step costs seconds
-    # here, so runs execute in one process and parallelism comes from running many runs at once.
-    executor=dg.in_process_executor,
-)
+
+def build_defs(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[*visibility_assets.question_run_assets, *visibility_assets.org_assets],
+        jobs=[question_run_job, org_rollup_job],
+        sensors=[cycle_complete_sensor],
+        resources=resources,
+        # A run's steps are a short chain of light steps; spawning a process per step costs seconds
+        # here, so runs execute in one process and parallelism comes from running many runs at once.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs(resources_from_env())

@@ -89,7 +89,8 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def run_cycle(org_id: str, workers: int = 3, progress: bool = True) -> CycleOutcome:
+def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = None) -> CycleOutcome:
+    """`defs` defaults to the code location's; tests pass their own resources through it."""
     global _job
     db_url = database_url()
     with session_scope(db_url) as session:
@@ -101,7 +102,8 @@ def run_cycle(org_id: str, workers: int = 3, progress: bool = True) -> CycleOutc
     from icp_pipeline.cli.instance import get_instance, prepare_dagster_home
 
     prepare_dagster_home()
-    from icp_pipeline.definitions import defs
+    if defs is None:
+        from icp_pipeline.definitions import defs
     from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 
     instance = get_instance()

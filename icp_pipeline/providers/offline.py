@@ -122,7 +122,7 @@ def _synthetic_claims(request: ModelRequest) -> str:
                     sentiment = "positive"
                 else:
                     sentiment = "neutral"
-                urls = [url for url in citations if _same_site(url, sentence)]
+                urls = sorted(url for url in citations if _same_site(url, sentence))
                 claims.append(
                     {
                         "text": sentence.strip(),

@@ -2,7 +2,7 @@
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 CITATIONS_VERSION = "citations-1"
 
@@ -46,13 +46,12 @@ def normalize_url(url: str) -> str | None:
     host = (parts.hostname or "").lower().rstrip(".")
     if scheme not in _DEFAULT_PORTS or not host:
         return None
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    query = urlencode(
-        [
-            (k, v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if not k.lower().startswith("utm_")
-        ]
+    # Filter the raw query so the remaining parameters keep their exact encoding.
+    query = "&".join(
+        pair for pair in parts.query.split("&") if pair and not pair.split("=", 1)[0].lower().startswith("utm_")
     )
     return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
 

@@ -1,6 +1,7 @@
 """Company mentions: case-insensitive, Unicode-aware whole-word matches of names and aliases."""
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 MENTIONS_VERSION = "mentions-1"
@@ -25,7 +26,11 @@ class FoundMention:
 
 def _pattern(terms: CompanyTerms) -> re.Pattern[str]:
     # Longest first so "Acme Analytics" wins over "Acme" at the same place; \w is Unicode-aware.
-    words = sorted({t.strip() for t in (terms.name, *terms.aliases) if t.strip()}, key=len, reverse=True)
+    words = sorted(
+        {unicodedata.normalize("NFC", t.strip()) for t in (terms.name, *terms.aliases) if t.strip()},
+        key=len,
+        reverse=True,
+    )
     alternation = "|".join(re.escape(word) for word in words)
     return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
 
@@ -33,6 +38,7 @@ def _pattern(terms: CompanyTerms) -> re.Pattern[str]:
 def find_mentions(text: str, companies: list[CompanyTerms]) -> list[FoundMention]:
     """Every company mentioned at least once, with its position: 1 + the number of other
     tracked companies first mentioned earlier in the text."""
+    text = unicodedata.normalize("NFC", text)  # offsets refer to the NFC form of the answer
     firsts: list[tuple[int, int, str, int]] = []
     for terms in companies:
         matches = list(_pattern(terms).finditer(text))

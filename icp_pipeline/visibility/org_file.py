@@ -71,6 +71,15 @@ class OrgSpec(_Strict):
             raise ValueError("must be lowercase letters, digits, '-' or '_' (at most 64), e.g. acme")
         return value
 
+    @field_validator("locations", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, locations: Any) -> Any:
+        if isinstance(locations, list):
+            for index, code in enumerate(locations):
+                if isinstance(code, bool):  # YAML 1.1 reads an unquoted NO (Norway) as false
+                    raise ValueError(f"item {index}: {code!r} is a YAML boolean; quote country codes such as 'NO'")
+        return locations
+
     @field_validator("locations")
     @classmethod
     def _locations(cls, locations: list[str]) -> list[str]:
@@ -133,7 +142,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("str", "QuestionSpec", "literal['openai','anthropic','gemini','offline']"):
+        elif part in ("str", "constrained-str", "QuestionSpec") or str(part).startswith(("literal[", "function-")):
             continue  # pydantic's union-branch labels are noise to a reader
         else:
             path += f".{part}" if path else str(part)

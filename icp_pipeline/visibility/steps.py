@@ -53,7 +53,12 @@ def company_terms(session: Session, org_id: str) -> list[CompanyTerms]:
 
 
 def record_call(
-    session: Session, item_id: int | None, purpose: str, request: ModelRequest, response: ModelResponse
+    session: Session,
+    item_id: int | None,
+    purpose: str,
+    request: ModelRequest,
+    response: ModelResponse,
+    started: datetime | None = None,
 ) -> ModelCall:
     finished = datetime.now(UTC)
     call = ModelCall(
@@ -82,7 +87,7 @@ def record_call(
         web_search=response.web_search,
         location_mode=response.location_mode,
         synthetic=response.synthetic,
-        started_at=finished - timedelta(milliseconds=response.latency_ms),
+        started_at=started or finished - timedelta(milliseconds=response.latency_ms),
         finished_at=finished,
     )
     session.add(call)
@@ -181,7 +186,7 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> d
                 record_failed_call(session, item_id, "answer", request, error, started)
             raise
         with session_scope(db_url) as session:
-            bought.append(record_call(session, item_id, "answer", request, response))
+            bought.append(record_call(session, item_id, "answer", request, response, started))
             set_item_status(session, session.get(CycleItem, item_id), "answered")
     calls = bought + reused
     return {

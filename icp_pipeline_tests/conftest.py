@@ -1,0 +1,73 @@
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from icp_pipeline.db import session as db_session
+from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.visibility.org_file import parse_org_file, upsert_org
+
+EXAMPLE_ORG = Path(__file__).parent.parent / "icp_pipeline" / "examples" / "acme.yaml"
+PG_ADMIN_URL = os.environ.get("ICP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def icp_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean local home: its own app database, DAGSTER_HOME and outbox; no provider keys."""
+    home = tmp_path / "icp"
+    monkeypatch.setenv("ICP_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    (home / "dagster_home").mkdir(parents=True)
+    for name in ("ICP_DATABASE_URL", "ICP_PUSH_WEBHOOK_URL", "ICP_PUSH_WEBHOOK_SECRET", "ICP_OUTBOX_DIR",
+                 "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "ICP_PROVIDER_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    yield home
+    db_session.reset_engines_after_fork()
+
+
+def write_instance_yaml(dagster_home: Path, storage_url: str | None = None) -> None:
+    text = (Path(db_session.__file__).parent.parent / "instance" / "dagster.yaml").read_text()
+    if storage_url:
+        text += f"storage:\n  postgres:\n    postgres_url: {storage_url}\n"
+    (dagster_home / "dagster.yaml").write_text(text)
+
+
+@pytest.fixture
+def sqlite_app(icp_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """App database on SQLite, migrated, with the example org loaded; Dagster on SQLite with pool llm=3."""
+    url = f"sqlite:///{icp_env / 'app.db'}"
+    monkeypatch.setenv("ICP_DATABASE_URL", url)
+    write_instance_yaml(icp_env / "dagster_home")
+    upgrade(url)
+    load_example(url)
+    return url
+
+
+def load_example(url: str) -> None:
+    with session_scope(url) as session:
+        upsert_org(session, parse_org_file(EXAMPLE_ORG))
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database. PostgreSQL is part of every dev and CI machine: if it is down,
+    this fails (never skips)."""
+    name = f"icp_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is required at 127.0.0.1:5432 ({error.orig}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        )
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    db_session.reset_engines_after_fork()
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

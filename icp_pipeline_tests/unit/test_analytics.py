@@ -1,0 +1,292 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from icp_pipeline.visibility.analytics import (
+    ANALYTICS_VERSION,
+    CallCost,
+    CompanyInfo,
+    RunFacts,
+    analytics_markdown,
+    citation_stats,
+    company_stats,
+    compute_analytics,
+    cost_stats,
+    sentiment_stats,
+)
+
+COMPANIES = [
+    CompanyInfo(1, "Acme", True),
+    CompanyInfo(2, "Globex", False),
+    CompanyInfo(3, "Initech", False),
+]
+
+
+def _runs() -> list[RunFacts]:
+    return [
+        RunFacts(
+            run_id=1,
+            model="openai/gpt",
+            location="US",
+            positions={1: 1, 2: 2},
+            cited_companies={1},
+            cited_urls=[("https://acme.io/a", "acme.io"), ("https://g2.com/x", "g2.com"),
+                        ("https://g2.com/z", "g2.com")],
+            claim_sentiments=[(1, "positive"), (2, "negative")],
+        ),
+        RunFacts(
+            run_id=2,
+            model="openai/gpt",
+            location="DE",
+            positions={2: 1},
+            cited_urls=[("https://g2.com/y", "g2.com"), ("https://zeta.com/", "zeta.com")],
+            claim_sentiments=[(2, "neutral")],
+        ),
+        RunFacts(
+            run_id=3,
+            model="anthropic/claude",
+            location="US",
+            positions={1: 2, 2: 1},
+            cited_companies={1, 2},
+            cited_urls=[("https://acme.io/b", "acme.io"), ("https://globex.com/", "globex.com"),
+                        ("https://g2.com/x", "g2.com")],
+            claim_sentiments=[(1, "positive"), (1, "negative"), (None, "neutral")],
+        ),
+        RunFacts(run_id=4, model="anthropic/claude", location="DE"),
+    ]
+
+
+CALLS = [
+    CallCost("openai/gpt", 100, 50, 0.001),
+    CallCost("openai/gpt", 200, None, None),
+    CallCost("anthropic/claude", None, 30, 0.0025),
+    CallCost("anthropic/claude", 10, 10, None),
+]
+
+
+def _by_name(rows: list[dict]) -> dict[str, dict]:
+    return {row["name"]: row for row in rows}
+
+
+def test_company_stats_formulas() -> None:
+    rows = company_stats(COMPANIES, _runs())
+    assert [r["name"] for r in rows] == ["Acme", "Globex", "Initech"]
+    assert rows[0] == {
+        "name": "Acme",
+        "is_target": True,
+        "runs": 4,
+        "mentioned_runs": 2,
+        "mention_rate": 0.5,
+        "share_of_voice": 0.4,  # 2 / (2 + 3 + 0)
+        "average_position": 1.5,  # (1 + 2) / 2
+        "cited_runs": 2,
+    }
+    assert rows[1] == {
+        "name": "Globex",
+        "is_target": False,
+        "runs": 4,
+        "mentioned_runs": 3,
+        "mention_rate": 0.75,
+        "share_of_voice": 0.6,
+        "average_position": pytest.approx(4 / 3, abs=1e-6),  # (2 + 1 + 1) / 3
+        "cited_runs": 1,
+    }
+    assert rows[2] == {
+        "name": "Initech",
+        "is_target": False,
+        "runs": 4,
+        "mentioned_runs": 0,
+        "mention_rate": 0.0,
+        "share_of_voice": 0.0,
+        "average_position": None,
+        "cited_runs": 0,
+    }
+
+
+def test_company_stats_share_of_voice_sums_to_one() -> None:
+    rows = company_stats(COMPANIES, _runs())
+    assert sum(r["share_of_voice"] for r in rows) == pytest.approx(1.0)
+
+
+def test_company_stats_no_runs() -> None:
+    rows = company_stats(COMPANIES, [])
+    for row in rows:
+        assert row["runs"] == 0
+        assert row["mentioned_runs"] == 0
+        assert row["mention_rate"] is None
+        assert row["share_of_voice"] is None
+        assert row["average_position"] is None
+        assert row["cited_runs"] == 0
+
+
+def test_company_stats_runs_without_mentions() -> None:
+    runs = [RunFacts(1, "m", "US"), RunFacts(2, "m", "US")]
+    rows = company_stats(COMPANIES, runs)
+    assert [r["mention_rate"] for r in rows] == [0.0, 0.0, 0.0]
+    assert [r["share_of_voice"] for r in rows] == [None, None, None]
+    assert [r["runs"] for r in rows] == [2, 2, 2]
+
+
+def test_citation_stats() -> None:
+    stats = citation_stats(_runs())
+    assert stats["total"] == 8
+    assert stats["domains"] == [
+        {"domain": "g2.com", "citations": 4, "runs": 3},
+        {"domain": "acme.io", "citations": 2, "runs": 2},
+        {"domain": "globex.com", "citations": 1, "runs": 1},  # ties sorted by domain
+        {"domain": "zeta.com", "citations": 1, "runs": 1},
+    ]
+
+
+def test_citation_stats_empty() -> None:
+    assert citation_stats([]) == {"total": 0, "domains": []}
+
+
+def test_sentiment_stats() -> None:
+    rows = _by_name(sentiment_stats(COMPANIES, _runs()))
+    assert rows["Acme"] == {"name": "Acme", "claims": 3, "positive": 2, "neutral": 0, "negative": 1,
+                            "net": pytest.approx(1 / 3, abs=1e-6)}
+    assert rows["Globex"] == {"name": "Globex", "claims": 2, "positive": 0, "neutral": 1, "negative": 1,
+                              "net": -0.5}
+    assert rows["Initech"] == {"name": "Initech", "claims": 0, "positive": 0, "neutral": 0, "negative": 0,
+                               "net": None}
+
+
+def test_cost_stats() -> None:
+    stats = cost_stats(CALLS)
+    assert stats["total"] == {
+        "calls": 4,
+        "input_tokens": 310,
+        "output_tokens": 90,
+        "usd": pytest.approx(0.0035),
+        "calls_with_unknown_cost": 2,
+    }
+    assert list(stats["by_model"]) == ["anthropic/claude", "openai/gpt"]
+    assert stats["by_model"]["anthropic/claude"] == {
+        "calls": 2, "input_tokens": 10, "output_tokens": 40, "usd": pytest.approx(0.0025),
+        "calls_with_unknown_cost": 1,
+    }
+    assert stats["by_model"]["openai/gpt"] == {
+        "calls": 2, "input_tokens": 300, "output_tokens": 50, "usd": pytest.approx(0.001),
+        "calls_with_unknown_cost": 1,
+    }
+
+
+def test_cost_stats_all_unknown_and_empty() -> None:
+    unknown = cost_stats([CallCost("x/y", None, None, None)])
+    assert unknown["total"]["usd"] == 0
+    assert unknown["total"]["calls_with_unknown_cost"] == 1
+    assert cost_stats([]) == {
+        "total": {"calls": 0, "input_tokens": 0, "output_tokens": 0, "usd": 0, "calls_with_unknown_cost": 0},
+        "by_model": {},
+    }
+
+
+def _payload(synthetic: bool = False) -> dict:
+    return compute_analytics(
+        org_id="acme",
+        cycle_id=7,
+        generated_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        run_counts={"completed": 4, "failed": 1, "total": 5},
+        companies=COMPANIES,
+        runs=_runs(),
+        calls=CALLS,
+        synthetic=synthetic,
+    )
+
+
+def test_compute_analytics_top_level() -> None:
+    payload = _payload(synthetic=True)
+    assert payload["org_id"] == "acme"
+    assert payload["cycle_id"] == 7
+    assert payload["generated_at"] == "2024-05-01T12:00:00+00:00"
+    assert payload["analytics_version"] == ANALYTICS_VERSION
+    assert payload["synthetic"] is True
+    assert payload["runs"] == {"completed": 4, "failed": 1, "total": 5}
+    assert payload["latest_runs"] == 4
+    assert payload["companies"] == company_stats(COMPANIES, _runs())
+    assert payload["citations"] == citation_stats(_runs())
+    assert payload["sentiment"] == sentiment_stats(COMPANIES, _runs())
+    assert payload["cost"] == cost_stats(CALLS)
+
+
+def test_compute_analytics_by_model() -> None:
+    by_model = _payload()["by_model"]
+    assert list(by_model) == ["anthropic/claude", "openai/gpt"]
+    openai = _by_name(by_model["openai/gpt"])
+    assert openai["Acme"]["runs"] == 2
+    assert openai["Acme"]["mentioned_runs"] == 1
+    assert openai["Acme"]["mention_rate"] == 0.5
+    assert openai["Acme"]["share_of_voice"] == pytest.approx(1 / 3, abs=1e-6)
+    assert openai["Acme"]["average_position"] == 1.0
+    assert openai["Acme"]["cited_runs"] == 1
+    assert openai["Globex"]["mention_rate"] == 1.0
+    assert openai["Globex"]["share_of_voice"] == pytest.approx(2 / 3, abs=1e-6)
+    assert openai["Globex"]["average_position"] == 1.5
+    assert openai["Globex"]["cited_runs"] == 0
+    anthropic = _by_name(by_model["anthropic/claude"])
+    assert anthropic["Acme"]["average_position"] == 2.0
+    assert anthropic["Acme"]["share_of_voice"] == 0.5
+    assert anthropic["Globex"]["average_position"] == 1.0
+    assert anthropic["Globex"]["cited_runs"] == 1
+    assert anthropic["Initech"]["mention_rate"] == 0.0
+
+
+def test_compute_analytics_by_location() -> None:
+    by_location = _payload()["by_location"]
+    assert list(by_location) == ["DE", "US"]
+    de = _by_name(by_location["DE"])
+    assert de["Acme"]["runs"] == 2
+    assert de["Acme"]["mentioned_runs"] == 0
+    assert de["Acme"]["mention_rate"] == 0.0
+    assert de["Acme"]["share_of_voice"] == 0.0
+    assert de["Acme"]["average_position"] is None
+    assert de["Globex"]["mention_rate"] == 0.5
+    assert de["Globex"]["share_of_voice"] == 1.0
+    us = _by_name(by_location["US"])
+    assert us["Acme"]["mention_rate"] == 1.0
+    assert us["Acme"]["share_of_voice"] == 0.5
+    assert us["Acme"]["average_position"] == 1.5
+    assert us["Acme"]["cited_runs"] == 2
+    assert us["Globex"]["average_position"] == 1.5
+    assert us["Globex"]["cited_runs"] == 1
+
+
+def test_compute_analytics_no_runs() -> None:
+    payload = compute_analytics(
+        org_id="acme", cycle_id=None, generated_at=datetime(2024, 1, 1), run_counts={}, companies=COMPANIES,
+        runs=[], calls=[], synthetic=False,
+    )
+    assert payload["cycle_id"] is None
+    assert payload["latest_runs"] == 0
+    assert payload["by_model"] == {}
+    assert payload["by_location"] == {}
+    assert payload["citations"] == {"total": 0, "domains": []}
+    assert all(row["mention_rate"] is None for row in payload["companies"])
+
+
+def test_analytics_markdown_rows() -> None:
+    markdown = analytics_markdown(_payload())
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| Company | Target |")
+    assert "| Acme | yes | 4 | 2 | 50% | 40% | 1.50 | 2 |" in lines
+    assert "| Globex |  | 4 | 3 | 75% | 60% | 1.33 | 1 |" in lines
+    assert "| Initech |  | 4 | 0 | 0% | 0% | – | 0 |" in lines
+    assert sum(1 for line in lines if line.startswith("| ") and "---" not in line) == 1 + len(COMPANIES)
+    assert "Runs: 4 completed, 1 failed, 5 total." in markdown
+    assert "Synthetic" not in markdown
+
+
+def test_analytics_markdown_synthetic() -> None:
+    markdown = analytics_markdown(_payload(synthetic=True))
+    assert "Synthetic" in markdown
+    assert "| Acme | yes |" in markdown
+
+
+def test_analytics_markdown_unknown_values() -> None:
+    payload = compute_analytics(
+        org_id="acme", cycle_id=None, generated_at=datetime(2024, 1, 1),
+        run_counts={"completed": 0, "failed": 0, "total": 0}, companies=COMPANIES[:1], runs=[], calls=[],
+        synthetic=False,
+    )
+    assert "| Acme | yes | 0 | 0 | – | – | – | 0 |" in analytics_markdown(payload).splitlines()
