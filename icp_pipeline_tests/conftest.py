@@ -21,8 +21,16 @@ def icp_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ICP_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
     (home / "dagster_home").mkdir(parents=True)
-    for name in ("ICP_DATABASE_URL", "ICP_PUSH_WEBHOOK_URL", "ICP_PUSH_WEBHOOK_SECRET", "ICP_OUTBOX_DIR",
-                 "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "ICP_PROVIDER_MODE"):
+    for name in (
+        "ICP_DATABASE_URL",
+        "ICP_PUSH_WEBHOOK_URL",
+        "ICP_PUSH_WEBHOOK_SECRET",
+        "ICP_OUTBOX_DIR",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "ICP_PROVIDER_MODE",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield home
     db_session.reset_engines_after_fork()

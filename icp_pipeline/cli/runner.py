@@ -116,7 +116,8 @@ def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = 
     bar.show(completed, failed)
     tags = {"icp/org": org_id, "icp/cycle_id": str(cycle_id), "icp/launched_by": "cli"}
     context = multiprocessing.get_context("fork")
-    with context.Pool(max(1, min(workers, len(keys) or 1)), initializer=_init_worker) as pool:
+    pool = context.Pool(max(1, min(workers, len(keys) or 1)), initializer=_init_worker)
+    try:
         for key, ok, error in pool.imap_unordered(_execute_partition, [(k, tags) for k in keys]):
             if not ok:
                 # The assets mark their item failed; this covers a run that died before they could.
@@ -125,6 +126,13 @@ def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = 
                 cycle = refresh_cycle(session, cycle_id)
                 completed, failed = cycle.completed, cycle.failed
             bar.show(completed, failed)
+        # close + join, not terminate: Dagster's interrupt handling in a worker can swallow SIGTERM.
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     bar.close()
 
     with session_scope(db_url) as session:

@@ -51,7 +51,9 @@ def normalize_url(url: str) -> str | None:
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     # Filter the raw query so the remaining parameters keep their exact encoding.
     query = "&".join(
-        pair for pair in parts.query.split("&") if pair and not pair.split("=", 1)[0].lower().startswith("utm_")
+        pair
+        for pair in parts.query.split("&")
+        if pair and not pair.split("=", 1)[0].lower().startswith("utm_")
     )
     return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
 

@@ -77,7 +77,9 @@ class OrgSpec(_Strict):
         if isinstance(locations, list):
             for index, code in enumerate(locations):
                 if isinstance(code, bool):  # YAML 1.1 reads an unquoted NO (Norway) as false
-                    raise ValueError(f"item {index}: {code!r} is a YAML boolean; quote country codes such as 'NO'")
+                    raise ValueError(
+                        f"item {index}: {code!r} is a YAML boolean; quote country codes such as 'NO'"
+                    )
         return locations
 
     @field_validator("locations")
@@ -142,7 +144,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("str", "constrained-str", "QuestionSpec") or str(part).startswith(("literal[", "function-")):
+        elif part in ("str", "constrained-str", "QuestionSpec") or str(part).startswith(
+            ("literal[", "function-")
+        ):
             continue  # pydantic's union-branch labels are noise to a reader
         else:
             path += f".{part}" if path else str(part)

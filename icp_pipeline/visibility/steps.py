@@ -128,10 +128,10 @@ def _ok_call(session: Session, item_id: int, purpose: str) -> ModelCall | None:
 
 
 def fail_partition(db_url: str, partition_key: str, step: str, error: str) -> None:
-    """Mark the partition's items failed (terminal) with the step and error that stopped them."""
+    """Mark the partition's open items failed with the step and error that stopped them."""
     with session_scope(db_url) as session:
         for item in items_for_partition(session, partition_key):
-            if item.status != "succeeded":
+            if item.status not in ("succeeded", "failed"):
                 set_item_status(session, item, "failed", step, error)
             run = session.scalars(select(QuestionRun).where(QuestionRun.cycle_item_id == item.id)).first()
             if run is not None and run.status != "completed":
@@ -469,7 +469,7 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
             sentiments = list(
                 session.execute(
                     select(Claim.company_id, Claim.sentiment).where(Claim.question_run_id == run.id)
-                ).tuples()
+                )
             )
             session.execute(delete(CompetitiveMetric).where(CompetitiveMetric.question_run_id == run.id))
             for row in compute_run_metrics(terms, mentions, hosts, sentiments):

@@ -30,7 +30,9 @@ SECRET = "whsec-test-7f3a9c"
 
 def test_full_cycle_runs_45_question_runs_and_pushes_signed_analytics(sqlite_app: str) -> None:
     with WebhookReceiver() as hook:
-        defs = pipeline_defs(sqlite_app, push=PushResource(webhook_url=hook.url, webhook_secret=SECRET, backoff_seconds=0.01))
+        defs = pipeline_defs(
+            sqlite_app, push=PushResource(webhook_url=hook.url, webhook_secret=SECRET, backoff_seconds=0.01)
+        )
         outcome = run_cycle("acme", workers=3, progress=False, defs=defs)
 
         assert (outcome.status, outcome.total, outcome.completed, outcome.failed) == ("succeeded", 45, 45, 0)
@@ -69,7 +71,9 @@ def test_full_cycle_runs_45_question_runs_and_pushes_signed_analytics(sqlite_app
         assert all(SECRET not in str(event) for event in logs)
 
         # Materializing the push again for the same cycle re-sends with the same idempotency key.
-        rollup = defs.resolve_job_def("org_rollup_job").execute_in_process(partition_key="acme", instance=instance)
+        rollup = defs.resolve_job_def("org_rollup_job").execute_in_process(
+            partition_key="acme", instance=instance
+        )
         assert rollup.success
         assert len(hook.requests) == 2
         assert hook.requests[1].headers[IDEMPOTENCY_HEADER] == request.headers[IDEMPOTENCY_HEADER]
@@ -89,8 +93,13 @@ def test_rerunning_partitions_never_rebuys_or_duplicates(sqlite_app: str) -> Non
         keys = list(session.scalars(sa.select(CycleItem.partition_key).order_by(CycleItem.id).limit(3)))
     for key in keys:
         assert job.execute_in_process(partition_key=key, instance=instance).success
-    after = {name: count(sqlite_app, table) for name, table in
-             [(t.__name__, t) for t in (ModelCall, QuestionRun, Mention, Citation, Claim, CompetitiveMetric, CycleItem)]}
+    after = {
+        name: count(sqlite_app, table)
+        for name, table in [
+            (t.__name__, t)
+            for t in (ModelCall, QuestionRun, Mention, Citation, Claim, CompetitiveMetric, CycleItem)
+        ]
+    }
     assert after == before
     with session_scope(sqlite_app) as session:
         cycle = session.get(Cycle, outcome.cycle_id)

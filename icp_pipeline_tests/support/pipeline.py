@@ -10,15 +10,23 @@ from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import AppDatabase, ModelProviderResource, PushResource
 
 
-def pipeline_defs(db_url: str, *, latency: float = 0.0, fail_models: tuple[str, ...] = (), push: PushResource | None = None,
-              models: ModelProviderResource | None = None) -> Any:
+def pipeline_defs(
+    db_url: str,
+    *,
+    latency: float = 0.0,
+    fail_models: tuple[str, ...] = (),
+    push: PushResource | None = None,
+    models: ModelProviderResource | None = None,
+) -> Any:
     from icp_pipeline.definitions import build_defs
 
     return build_defs(
         {
             "app_db": AppDatabase(url=db_url),
             "models": models
-            or ModelProviderResource(mode="auto", offline_latency_seconds=latency, offline_fail_models=list(fail_models)),
+            or ModelProviderResource(
+                mode="auto", offline_latency_seconds=latency, offline_fail_models=list(fail_models)
+            ),
             "push": push or PushResource(),
         }
     )
@@ -32,7 +40,9 @@ def count(db_url: str, table: type, *where: Any) -> int:
 def max_concurrent_calls(db_url: str) -> int:
     """The most model calls whose [started_at, finished_at] intervals overlap at one instant."""
     with session_scope(db_url) as session:
-        intervals = session.execute(sa.select(ModelCall.started_at, ModelCall.finished_at).where(ModelCall.ok)).all()
+        intervals = session.execute(
+            sa.select(ModelCall.started_at, ModelCall.finished_at).where(ModelCall.ok)
+        ).all()
     events: list[tuple[datetime, int]] = []
     for started, finished in intervals:
         events += [(started, 1), (finished, -1)]

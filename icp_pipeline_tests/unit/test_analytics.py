@@ -30,8 +30,11 @@ def _runs() -> list[RunFacts]:
             location="US",
             positions={1: 1, 2: 2},
             cited_companies={1},
-            cited_urls=[("https://acme.io/a", "acme.io"), ("https://g2.com/x", "g2.com"),
-                        ("https://g2.com/z", "g2.com")],
+            cited_urls=[
+                ("https://acme.io/a", "acme.io"),
+                ("https://g2.com/x", "g2.com"),
+                ("https://g2.com/z", "g2.com"),
+            ],
             claim_sentiments=[(1, "positive"), (2, "negative")],
         ),
         RunFacts(
@@ -48,8 +51,11 @@ def _runs() -> list[RunFacts]:
             location="US",
             positions={1: 2, 2: 1},
             cited_companies={1, 2},
-            cited_urls=[("https://acme.io/b", "acme.io"), ("https://globex.com/", "globex.com"),
-                        ("https://g2.com/x", "g2.com")],
+            cited_urls=[
+                ("https://acme.io/b", "acme.io"),
+                ("https://globex.com/", "globex.com"),
+                ("https://g2.com/x", "g2.com"),
+            ],
             claim_sentiments=[(1, "positive"), (1, "negative"), (None, "neutral")],
         ),
         RunFacts(run_id=4, model="anthropic/claude", location="DE"),
@@ -144,12 +150,30 @@ def test_citation_stats_empty() -> None:
 
 def test_sentiment_stats() -> None:
     rows = _by_name(sentiment_stats(COMPANIES, _runs()))
-    assert rows["Acme"] == {"name": "Acme", "claims": 3, "positive": 2, "neutral": 0, "negative": 1,
-                            "net": pytest.approx(1 / 3, abs=1e-6)}
-    assert rows["Globex"] == {"name": "Globex", "claims": 2, "positive": 0, "neutral": 1, "negative": 1,
-                              "net": -0.5}
-    assert rows["Initech"] == {"name": "Initech", "claims": 0, "positive": 0, "neutral": 0, "negative": 0,
-                               "net": None}
+    assert rows["Acme"] == {
+        "name": "Acme",
+        "claims": 3,
+        "positive": 2,
+        "neutral": 0,
+        "negative": 1,
+        "net": pytest.approx(1 / 3, abs=1e-6),
+    }
+    assert rows["Globex"] == {
+        "name": "Globex",
+        "claims": 2,
+        "positive": 0,
+        "neutral": 1,
+        "negative": 1,
+        "net": -0.5,
+    }
+    assert rows["Initech"] == {
+        "name": "Initech",
+        "claims": 0,
+        "positive": 0,
+        "neutral": 0,
+        "negative": 0,
+        "net": None,
+    }
 
 
 def test_cost_stats() -> None:
@@ -163,11 +187,17 @@ def test_cost_stats() -> None:
     }
     assert list(stats["by_model"]) == ["anthropic/claude", "openai/gpt"]
     assert stats["by_model"]["anthropic/claude"] == {
-        "calls": 2, "input_tokens": 10, "output_tokens": 40, "usd": pytest.approx(0.0025),
+        "calls": 2,
+        "input_tokens": 10,
+        "output_tokens": 40,
+        "usd": pytest.approx(0.0025),
         "calls_with_unknown_cost": 1,
     }
     assert stats["by_model"]["openai/gpt"] == {
-        "calls": 2, "input_tokens": 300, "output_tokens": 50, "usd": pytest.approx(0.001),
+        "calls": 2,
+        "input_tokens": 300,
+        "output_tokens": 50,
+        "usd": pytest.approx(0.001),
         "calls_with_unknown_cost": 1,
     }
 
@@ -254,8 +284,14 @@ def test_compute_analytics_by_location() -> None:
 
 def test_compute_analytics_no_runs() -> None:
     payload = compute_analytics(
-        org_id="acme", cycle_id=None, generated_at=datetime(2024, 1, 1), run_counts={}, companies=COMPANIES,
-        runs=[], calls=[], synthetic=False,
+        org_id="acme",
+        cycle_id=None,
+        generated_at=datetime(2024, 1, 1),
+        run_counts={},
+        companies=COMPANIES,
+        runs=[],
+        calls=[],
+        synthetic=False,
     )
     assert payload["cycle_id"] is None
     assert payload["latest_runs"] == 0
@@ -285,8 +321,13 @@ def test_analytics_markdown_synthetic() -> None:
 
 def test_analytics_markdown_unknown_values() -> None:
     payload = compute_analytics(
-        org_id="acme", cycle_id=None, generated_at=datetime(2024, 1, 1),
-        run_counts={"completed": 0, "failed": 0, "total": 0}, companies=COMPANIES[:1], runs=[], calls=[],
+        org_id="acme",
+        cycle_id=None,
+        generated_at=datetime(2024, 1, 1),
+        run_counts={"completed": 0, "failed": 0, "total": 0},
+        companies=COMPANIES[:1],
+        runs=[],
+        calls=[],
         synthetic=False,
     )
     assert "| Acme | yes | 0 | 0 | – | – | – | 0 |" in analytics_markdown(payload).splitlines()

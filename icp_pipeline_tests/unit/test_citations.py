@@ -15,7 +15,10 @@ from icp_pipeline.visibility.citations import (
     [
         ("HTTPS://Example.COM/Path/To", "https://example.com/Path/To"),
         ("https://example.com/a#section-2", "https://example.com/a"),
-        ("https://example.com/a?utm_source=x&b=2&UTM_Medium=y&a=1&Utm_campaign=z", "https://example.com/a?b=2&a=1"),
+        (
+            "https://example.com/a?utm_source=x&b=2&UTM_Medium=y&a=1&Utm_campaign=z",
+            "https://example.com/a?b=2&a=1",
+        ),
         ("https://example.com/a?z=1&a=2&m=3", "https://example.com/a?z=1&a=2&m=3"),
         ("https://example.com/a?utm_source=x", "https://example.com/a"),
         ("https://example.com:443/a", "https://example.com/a"),
@@ -35,8 +38,15 @@ def test_normalize_url(raw: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["ftp://example.com/a", "mailto:x@example.com", "example.com/a", "https://", "", "javascript:alert(1)",
-     "https://example.com:99999/"],
+    [
+        "ftp://example.com/a",
+        "mailto:x@example.com",
+        "example.com/a",
+        "https://",
+        "",
+        "javascript:alert(1)",
+        "https://example.com:99999/",
+    ],
 )
 def test_normalize_url_rejects_non_http(raw: str) -> None:
     assert normalize_url(raw) is None
@@ -66,11 +76,12 @@ def test_normalize_url_keeps_ipv6_brackets(raw: str, expected: str) -> None:
         ("See [the docs](https://a.com/b) now", ["https://a.com/b"]),
         ("Bare https://a.com/b and http://c.org", ["https://a.com/b", "http://c.org"]),
         ("Ends with https://a.com/b.", ["https://a.com/b"]),
-        ("List https://a.com/b, https://c.com/d; https://e.com/f: https://g.com/h! https://i.com/j?",
-         ["https://a.com/b", "https://c.com/d", "https://e.com/f", "https://g.com/h", "https://i.com/j"]),
+        (
+            "List https://a.com/b, https://c.com/d; https://e.com/f: https://g.com/h! https://i.com/j?",
+            ["https://a.com/b", "https://c.com/d", "https://e.com/f", "https://g.com/h", "https://i.com/j"],
+        ),
         ("Weird https://a.com/b?!.", ["https://a.com/b"]),
-        ("Wiki https://en.wikipedia.org/wiki/Foo_(bar) is good",
-         ["https://en.wikipedia.org/wiki/Foo_(bar)"]),
+        ("Wiki https://en.wikipedia.org/wiki/Foo_(bar) is good", ["https://en.wikipedia.org/wiki/Foo_(bar)"]),
         ("Wiki https://en.wikipedia.org/wiki/Foo_(bar).", ["https://en.wikipedia.org/wiki/Foo_(bar)"]),
         ("[w](https://en.wikipedia.org/wiki/Foo_(bar))", ["https://en.wikipedia.org/wiki/Foo_(bar)"]),
         ("(see https://a.com/x)", ["https://a.com/x"]),
@@ -96,9 +107,12 @@ def test_extract_citations_dedupes_variants_and_annotations_come_first() -> None
     ]
     found = extract_citations(text, annotations)
     assert found == [
-        FoundCitation("https://www.acme.io/pricing", "www.acme.io", "acme.io", "annotation", True, "Acme pricing"),
-        FoundCitation("https://docs.initech.com/start", "docs.initech.com", "docs.initech.com", "annotation", True,
-                      None),
+        FoundCitation(
+            "https://www.acme.io/pricing", "www.acme.io", "acme.io", "annotation", True, "Acme pricing"
+        ),
+        FoundCitation(
+            "https://docs.initech.com/start", "docs.initech.com", "docs.initech.com", "annotation", True, None
+        ),
         FoundCitation("https://globex.com/about", "globex.com", "globex.com", "answer_text", True, None),
     ]
 
@@ -137,8 +151,12 @@ def test_non_http_annotations_are_dropped() -> None:
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("www.acme.io", "acme.io"), ("WWW.Acme.IO", "acme.io"), ("docs.acme.io", "docs.acme.io"),
-     ("wwwacme.io", "wwwacme.io")],
+    [
+        ("www.acme.io", "acme.io"),
+        ("WWW.Acme.IO", "acme.io"),
+        ("docs.acme.io", "docs.acme.io"),
+        ("wwwacme.io", "wwwacme.io"),
+    ],
 )
 def test_domain_of(host: str, expected: str) -> None:
     assert domain_of(host) == expected

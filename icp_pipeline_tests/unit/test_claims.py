@@ -32,11 +32,13 @@ def test_valid_claims_with_cited_urls() -> None:
 
 def test_utm_and_case_variants_are_accepted_and_normalised() -> None:
     text = _payload(
-        _claim(supporting_urls=[
-            "https://WWW.ACME.IO/pricing?utm_source=chatgpt#plans",
-            "https://www.acme.io:443/pricing",
-            "https://g2.com/reviews?UTM_medium=x",
-        ])
+        _claim(
+            supporting_urls=[
+                "https://WWW.ACME.IO/pricing?utm_source=chatgpt#plans",
+                "https://www.acme.io:443/pricing",
+                "https://g2.com/reviews?UTM_medium=x",
+            ]
+        )
     )
     result = ClaimExtraction.model_validate_json(text, context={"citations": CITATIONS})
     assert result.claims[0].supporting_urls == ["https://www.acme.io/pricing", "https://g2.com/reviews"]
@@ -88,4 +90,6 @@ def test_bad_documents_raise(text: str) -> None:
 
 
 def test_empty_claims_list_is_valid() -> None:
-    assert ClaimExtraction.model_validate_json('{"claims": []}', context={"citations": CITATIONS}).claims == []
+    assert (
+        ClaimExtraction.model_validate_json('{"claims": []}', context={"citations": CITATIONS}).claims == []
+    )

@@ -13,7 +13,13 @@ def test_compute_run_metrics() -> None:
         COMPANIES,
         mentions={1: (2, 3), 2: (1, 1)},
         cited_hosts=["www.acme.io", "docs.acme.io", "acme.dev", "notacme.io", "globex.com", "g2.com"],
-        claim_sentiments=[(1, "positive"), (1, "negative"), (1, "positive"), (None, "neutral"), (2, "neutral")],
+        claim_sentiments=[
+            (1, "positive"),
+            (1, "negative"),
+            (1, "positive"),
+            (None, "neutral"),
+            (2, "neutral"),
+        ],
     )
     assert rows == [
         RunCompanyMetric(1, True, 3, 2, True, 3, 2, 0, 1),
@@ -23,7 +29,9 @@ def test_compute_run_metrics() -> None:
 
 
 def test_compute_run_metrics_cited_but_not_mentioned() -> None:
-    (row,) = compute_run_metrics(COMPANIES[1:2], mentions={}, cited_hosts=["shop.globex.com"], claim_sentiments=[])
+    (row,) = compute_run_metrics(
+        COMPANIES[1:2], mentions={}, cited_hosts=["shop.globex.com"], claim_sentiments=[]
+    )
     assert row.mentioned is False
     assert row.position is None
     assert row.mention_count == 0

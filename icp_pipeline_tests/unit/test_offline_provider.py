@@ -27,7 +27,11 @@ QUESTIONS = [
 
 def _request(question: str, model: str = "gpt-4o-mini", country: str | None = "US", provider: str = "openai"):
     return ModelRequest(
-        provider=provider, model=model, prompt=question, purpose="answer", country=country,
+        provider=provider,
+        model=model,
+        prompt=question,
+        purpose="answer",
+        country=country,
         offline_hints={"companies": COMPANIES},
     )
 
@@ -51,7 +55,8 @@ def test_answers_are_deterministic() -> None:
 def test_answers_differ_across_countries() -> None:
     provider = OfflineProvider()
     differing = [
-        q for q in QUESTIONS
+        q
+        for q in QUESTIONS
         if _body(provider.complete(_request(q, country="US")).text)
         != _body(provider.complete(_request(q, country="DE")).text)
     ]
@@ -61,7 +66,8 @@ def test_answers_differ_across_countries() -> None:
 def test_answers_differ_across_models() -> None:
     provider = OfflineProvider()
     differing = [
-        q for q in QUESTIONS
+        q
+        for q in QUESTIONS
         if provider.complete(_request(q, model="gpt-4o-mini")).text
         != provider.complete(_request(q, model="claude-haiku-4-5", provider="anthropic")).text
     ]
@@ -131,7 +137,10 @@ def test_claims_mode_returns_valid_claim_extraction(question: str) -> None:
     urls = [c.url for c in citations]
     names = [c["name"] for c in COMPANIES]
     request = ModelRequest(
-        provider="openai", model="gpt-4o-mini", prompt="Extract claims.", purpose="claims",
+        provider="openai",
+        model="gpt-4o-mini",
+        prompt="Extract claims.",
+        purpose="claims",
         output_schema=ClaimExtraction,
         offline_hints={"answer": answer.text, "company_names": names, "citations": urls},
     )
@@ -140,8 +149,9 @@ def test_claims_mode_returns_valid_claim_extraction(question: str) -> None:
     assert response.synthetic is True
     json.loads(response.text)
     extraction = ClaimExtraction.model_validate_json(response.text, context={"citations": set(urls)})
-    mentioned = {m.matched_text for m in find_mentions(answer.text, [CompanyTerms(i, n) for i, n in
-                                                                      enumerate(names)])}
+    mentioned = {
+        m.matched_text for m in find_mentions(answer.text, [CompanyTerms(i, n) for i, n in enumerate(names)])
+    }
     assert {c.company for c in extraction.claims} == mentioned
     for claim in extraction.claims:
         assert claim.text in answer.text
@@ -156,9 +166,16 @@ def test_claims_sentiment_from_wording() -> None:
         "3. Initech: it exists ([pricing](https://www.initech.com/pricing?utm_source=assistant)).\n"
     )
     request = ModelRequest(
-        provider="offline", model="m", prompt="Extract.", purpose="claims", output_schema=ClaimExtraction,
-        offline_hints={"answer": answer, "company_names": ["Acme", "Globex", "Initech"],
-                       "citations": ["https://www.initech.com/pricing"]},
+        provider="offline",
+        model="m",
+        prompt="Extract.",
+        purpose="claims",
+        output_schema=ClaimExtraction,
+        offline_hints={
+            "answer": answer,
+            "company_names": ["Acme", "Globex", "Initech"],
+            "citations": ["https://www.initech.com/pricing"],
+        },
     )
     extraction = ClaimExtraction.model_validate_json(
         OfflineProvider().complete(request).text, context={"citations": {"https://www.initech.com/pricing"}}

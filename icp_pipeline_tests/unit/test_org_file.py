@@ -20,7 +20,9 @@ def _base() -> dict[str, Any]:
 
 def _error(data: Any = None, text: str | None = None) -> OrgFileError:
     with pytest.raises(OrgFileError) as info:
-        parse_org_text(text if text is not None else yaml.safe_dump(data, allow_unicode=True), "orgs/acme.yaml")
+        parse_org_text(
+            text if text is not None else yaml.safe_dump(data, allow_unicode=True), "orgs/acme.yaml"
+        )
     message = str(info.value)
     assert message.startswith("orgs/acme.yaml: invalid org file")
     assert info.value.problems

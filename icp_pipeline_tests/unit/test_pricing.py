@@ -47,5 +47,7 @@ def test_offline_is_free(tokens: tuple) -> None:
 def test_overrides_win_and_add_models() -> None:
     overrides = {"openai/gpt-4o-mini": Price(1.0, 0.5, 2.0), "custom/m": Price(10.0, 1.0, 20.0)}
     assert cost_usd("openai", "gpt-4o-mini", 1000, 0, 1000, overrides) == pytest.approx(0.003)
-    assert cost_usd("custom", "m", 100, 50, 10, overrides) == pytest.approx((50 * 10 + 50 * 1 + 10 * 20) / 1e6)
+    assert cost_usd("custom", "m", 100, 50, 10, overrides) == pytest.approx(
+        (50 * 10 + 50 * 1 + 10 * 20) / 1e6
+    )
     assert cost_usd("openai", "gpt-4o", 1000, 0, 0, overrides) == pytest.approx(0.0025)

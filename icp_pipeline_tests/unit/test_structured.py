@@ -8,8 +8,16 @@ from icp_pipeline.providers.structured import InvalidModelOutput, complete_struc
 from icp_pipeline.visibility.claims import ClaimExtraction
 
 VALID = json.dumps(
-    {"claims": [{"text": "Acme is fast.", "company": "Acme", "sentiment": "positive",
-                 "supporting_urls": ["https://acme.io/?utm_source=x"]}]}
+    {
+        "claims": [
+            {
+                "text": "Acme is fast.",
+                "company": "Acme",
+                "sentiment": "positive",
+                "supporting_urls": ["https://acme.io/?utm_source=x"],
+            }
+        ]
+    }
 )
 INVALID = '{"claims": [{"text": "Acme is fast."'
 BAD_SENTIMENT = json.dumps({"claims": [{"text": "t", "company": "Acme", "sentiment": "meh"}]})
@@ -29,13 +37,20 @@ class ScriptedProvider:
         self.requests.append(request)
         text = self.replies.pop(0)
         return ModelResponse(
-            text=text, raw={"text": text}, provider=request.provider, requested_model=request.model,
-            response_model=request.model, input_tokens=10, output_tokens=5,
+            text=text,
+            raw={"text": text},
+            provider=request.provider,
+            requested_model=request.model,
+            response_model=request.model,
+            input_tokens=10,
+            output_tokens=5,
         )
 
 
 def _request() -> ModelRequest:
-    return ModelRequest(provider="openai", model="gpt-4o-mini", prompt="Extract the claims.", purpose="claims")
+    return ModelRequest(
+        provider="openai", model="gpt-4o-mini", prompt="Extract the claims.", purpose="claims"
+    )
 
 
 def test_valid_first_reply() -> None:
