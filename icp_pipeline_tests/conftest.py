@@ -1,6 +1,6 @@
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,22 +60,28 @@ def load_example(url: str) -> None:
 
 
 @pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database. PostgreSQL is part of every dev and CI machine: if it is down,
-    this fails (never skips)."""
-    name = f"icp_test_{uuid.uuid4().hex[:10]}"
+def postgres_databases() -> Iterator[Callable[[], str]]:
+    """Creates fresh PostgreSQL databases and drops them afterwards. PostgreSQL is part of every
+    dev and CI machine: if it is down, the test fails (never skips)."""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as error:
-        pytest.fail(
-            f"PostgreSQL is required at 127.0.0.1:5432 ({error.orig}); start it with "
-            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-        )
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"icp_test_{uuid.uuid4().hex[:10]}"
+        try:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        except sa.exc.OperationalError as error:
+            pytest.fail(
+                f"PostgreSQL is required at 127.0.0.1:5432 ({error.orig}); start it with "
+                "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+            )
+        created.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
     db_session.reset_engines_after_fork()
     with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in created:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -1,0 +1,60 @@
+"""The same pipeline on PostgreSQL: app database and Dagster storage (dagster-postgres) at 127.0.0.1:5432."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, RunsFilter
+
+from icp_pipeline.cli.runner import run_cycle
+from icp_pipeline.db.models import CycleItem, ModelCall, PushDelivery, QuestionRun
+from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline_tests.conftest import load_example, write_instance_yaml
+from icp_pipeline_tests.support.pipeline import count, max_concurrent_calls, pipeline_defs
+
+pytestmark = pytest.mark.postgres
+
+
+def test_cycle_on_postgres_with_a_failing_model(
+    icp_env: Path, postgres_databases: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_db = postgres_databases()
+    monkeypatch.setenv("ICP_DATABASE_URL", app_db)
+    upgrade(app_db)
+    load_example(app_db)
+    # Dagster's own storage in a second database, as in production.
+    write_instance_yaml(icp_env / "dagster_home", storage_url=postgres_databases())
+
+    defs = pipeline_defs(app_db, latency=0.2, fail_models=("gemini-2.5-flash",))
+    outcome = run_cycle("acme", workers=5, progress=False, defs=defs)
+    with session_scope(app_db) as session:
+        errors = sorted({i.error[:300] for i in session.scalars(sa.select(CycleItem)) if i.error})
+    assert (outcome.status, outcome.completed, outcome.failed) == ("succeeded", 30, 15), errors
+    assert outcome.pushed
+    assert max_concurrent_calls(app_db) <= 3
+
+    instance = DagsterInstance.get()
+    assert "postgres" in type(instance.run_storage).__name__.lower()
+    runs = instance.get_runs(RunsFilter(tags={"icp/cycle_id": str(outcome.cycle_id)}))
+    assert len(runs) == 46
+
+    # Re-running the roll-ups and a question run changes no row counts and buys nothing.
+    before = (count(app_db, ModelCall), count(app_db, QuestionRun), count(app_db, CycleItem))
+    with session_scope(app_db) as session:
+        key = session.scalar(
+            sa.select(CycleItem.partition_key).where(CycleItem.status == "succeeded").limit(1)
+        )
+    assert (
+        defs.resolve_job_def("question_run_job")
+        .execute_in_process(partition_key=key, instance=instance)
+        .success
+    )
+    assert (
+        defs.resolve_job_def("org_rollup_job")
+        .execute_in_process(partition_key="acme", instance=instance)
+        .success
+    )
+    assert (count(app_db, ModelCall), count(app_db, QuestionRun), count(app_db, CycleItem)) == before
+    assert count(app_db, PushDelivery, PushDelivery.ok) == 2  # the cycle's push and the manual re-push
+    instance.dispose()
