@@ -58,3 +58,29 @@ def test_cycle_on_postgres_with_a_failing_model(
     assert (count(app_db, ModelCall), count(app_db, QuestionRun), count(app_db, CycleItem)) == before
     assert count(app_db, PushDelivery, PushDelivery.ok) == 2  # the cycle's push and the manual re-push
     instance.dispose()
+
+
+def test_production_dagster_yaml_loads_on_postgres_with_the_pool_cap(
+    tmp_path: Path, postgres_databases: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo_yaml = Path(__file__).parents[2] / "dagster.yaml"
+    (tmp_path / "dagster.yaml").write_text(repo_yaml.read_text())
+    db_name = postgres_databases().rsplit("/", 1)[1]
+    for name, value in {
+        "DAGSTER_HOME": str(tmp_path),
+        "DAGSTER_PG_USERNAME": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_DB": db_name,
+        "DAGSTER_PG_PORT": "5432",
+    }.items():
+        monkeypatch.setenv(name, value)
+    instance = DagsterInstance.get()
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.event_log_storage.get_pool_config().default_pool_limit == 3
+        assert instance.run_monitoring_enabled
+        assert instance.run_retries_enabled
+    finally:
+        instance.dispose()

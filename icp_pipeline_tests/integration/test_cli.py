@@ -1,0 +1,99 @@
+"""The `icp-pipeline` console script, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icp_pipeline.cli.main import main
+from icp_pipeline.db.models import Org, Question
+from icp_pipeline.db.session import upgrade
+from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.support.pipeline import count
+
+
+@pytest.fixture
+def migrated(icp_env: Path) -> str:
+    url = f"sqlite:///{icp_env / 'app.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["models"][0].update(provider="openia"), "models[0].provider: unknown provider 'openia'"),
+        (lambda d: d.update(locations=["US", "XX"]), "locations: Value error, item 1: 'XX' is not an ISO"),
+        (
+            lambda d: d["questions"].append(d["questions"][0].upper()),
+            "questions: Value error, item 5: duplicate question",
+        ),
+        (lambda d: d.pop("target"), "target: missing required field"),
+    ],
+)
+def test_bad_org_file_names_the_field_and_writes_nothing(
+    migrated, tmp_path, capsys, change, expected
+) -> None:
+    data = yaml.safe_load(EXAMPLE_ORG.read_text())
+    change(data)
+    path = tmp_path / "org.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["org", "load", str(path)]) == 2
+    assert expected.replace("Value error, ", "") in capsys.readouterr().err
+    assert count(migrated, Org) == 0
+
+
+def test_not_yaml_is_reported(migrated, tmp_path, capsys) -> None:
+    path = tmp_path / "org.yaml"
+    path.write_text("id: [unclosed\n")
+    assert main(["org", "load", str(path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_loading_twice_is_idempotent(migrated, capsys) -> None:
+    assert main(["org", "load", str(EXAMPLE_ORG)]) == 0
+    assert "16 created" in capsys.readouterr().out
+    assert main(["org", "load", str(EXAMPLE_ORG)]) == 0
+    assert "0 created, 0 updated, 0 deactivated" in capsys.readouterr().out
+    assert count(migrated, Question) == 5
+
+
+def test_run_before_migrating_says_what_to_do(icp_env, capsys) -> None:
+    assert main(["org", "run", "acme"]) == 1
+    assert "icp-pipeline db upgrade" in capsys.readouterr().err
+
+
+def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> None:
+    """The README's main command, in a fresh home, as a subprocess."""
+    env = {**os.environ, "ICP_HOME": str(icp_env)}
+    env.pop("DAGSTER_HOME")  # the CLI creates the embedded instance under ICP_HOME
+    demo = subprocess.run(
+        [sys.executable, "-m", "icp_pipeline.cli.main", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "cycle 1 of acme: succeeded; 45 completed, 0 failed of 45" in demo.stdout
+    assert "| Acme | yes | 45 |" in demo.stdout
+    assert "Synthetic data from the offline provider" in demo.stdout
+    assert "45/45" in demo.stderr  # the progress bar
+    assert (icp_env / "dagster_home" / "dagster.yaml").exists()
+    assert (icp_env / "outbox" / "acme" / "cycle-1.json").exists()
+
+    report = subprocess.run(
+        [sys.executable, "-m", "icp_pipeline.cli.main", "org", "report", "acme", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0
+    payload = json.loads(report.stdout)
+    assert payload["runs"] == {"total": 45, "completed": 45, "failed": 0}
+    assert payload == json.loads((icp_env / "outbox" / "acme" / "cycle-1.json").read_text())
