@@ -160,6 +160,7 @@ class ModelCall(Base):
     provider: Mapped[str] = mapped_column(String(32))
     requested_model: Mapped[str] = mapped_column(String(120))
     response_model: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    prompt: Mapped[str] = mapped_column(Text, default="")
     ok: Mapped[bool] = mapped_column(Boolean, default=True)
     output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     raw_response: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)

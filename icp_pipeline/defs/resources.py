@@ -9,6 +9,7 @@ import dagster as dg
 from icp_pipeline import settings
 from icp_pipeline.providers.base import ModelProvider
 from icp_pipeline.providers.factory import ProviderSettings, resolve_provider
+from icp_pipeline.providers.pricing import Price
 from icp_pipeline.visibility.push import PushSettings
 
 # Assets that call a model run in this pool; dagster.yaml caps it at 3 concurrent steps.
@@ -39,6 +40,8 @@ class ModelProviderResource(dg.ConfigurableResource):
     gemini_api_key: str | None = None
     offline_latency_seconds: float = 0.0
     offline_fail_models: list[str] = []
+    # "provider/model" -> [input, cached input, output] USD per million tokens; wins over the built-in table.
+    price_overrides: dict[str, list[float]] = {}
 
     @cached_property
     def _settings(self) -> ProviderSettings:
@@ -51,6 +54,7 @@ class ModelProviderResource(dg.ConfigurableResource):
             },
             offline_latency_seconds=self.offline_latency_seconds,
             offline_fail_models=frozenset(self.offline_fail_models),
+            price_overrides={name: Price(*prices) for name, prices in self.price_overrides.items()},
         )
 
     def provider_for(self, provider: str, model: str) -> ModelProvider:

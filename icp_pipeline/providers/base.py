@@ -17,6 +17,8 @@ class ModelRequest:
     web_search: bool = False
     output_schema: type[BaseModel] | None = None
     max_output_tokens: int = 1500
+    # time.monotonic() by which the whole step must be done; adapters size their timeouts to it.
+    deadline: float | None = None
     # Context only the offline provider reads, to make plausible synthetic output.
     offline_hints: dict[str, Any] = field(default_factory=dict)
 
@@ -43,6 +45,7 @@ class ModelResponse:
     location_mode: str | None = None  # prompt | user_location | none
     synthetic: bool = False
     latency_ms: int = 0
+    cost_usd: float | None = None  # set by the provider layer from the price table; None = unknown
 
 
 class ProviderError(Exception):
@@ -57,8 +60,10 @@ class ProviderError(Exception):
         retryable: bool,
         status_code: int | None = None,
         raw_text: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.provider = provider
+        self.retry_after = retry_after
         self.model = model
         self.retryable = retryable
         self.status_code = status_code

@@ -2,8 +2,9 @@
 
 from dataclasses import dataclass, field
 
-from icp_pipeline.providers.base import ModelProvider, ProviderError
+from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.offline import OfflineProvider
+from icp_pipeline.providers.pricing import Price, cost_usd
 
 KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
 MODES = ("auto", "live", "offline")
@@ -17,9 +18,41 @@ class ProviderSettings:
     api_keys: dict[str, str | None] = field(default_factory=dict)
     offline_latency_seconds: float = 0.0
     offline_fail_models: frozenset[str] = field(default_factory=frozenset)
+    price_overrides: dict[str, Price] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PricedProvider:
+    """Puts the cost on every response: zero for synthetic answers, unknown without usage or a price."""
+
+    inner: ModelProvider
+    price_overrides: dict[str, Price]
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        response = self.inner.complete(request)
+        if response.synthetic:
+            response.cost_usd = 0.0
+        else:
+            response.cost_usd = cost_usd(
+                request.provider,
+                request.model,
+                response.input_tokens,
+                response.cached_input_tokens,
+                response.output_tokens,
+                self.price_overrides,
+            )
+        return response
 
 
 def resolve_provider(settings: ProviderSettings, provider: str, model: str) -> ModelProvider:
+    return PricedProvider(_unpriced_provider(settings, provider, model), settings.price_overrides)
+
+
+def _unpriced_provider(settings: ProviderSettings, provider: str, model: str) -> ModelProvider:
     offline = OfflineProvider(settings.offline_latency_seconds, settings.offline_fail_models)
     if provider == "offline" or settings.mode == "offline":
         return offline
@@ -31,9 +64,24 @@ def resolve_provider(settings: ProviderSettings, provider: str, model: str) -> M
                 provider, model, f"no API key: set {KEY_VARIABLES[provider]}", retryable=False
             )
         return offline
-    raise ProviderError(
-        provider,
-        model,
-        "the live adapter for this provider is not installed in this version",
-        retryable=False,
-    )
+    return _live_adapter(provider, settings.api_keys[provider])
+
+
+def _live_adapter(provider: str, api_key: str) -> ModelProvider:
+    # Imported here so a run loads only the SDK it uses (openai + anthropic together cost ~2 s).
+    if provider == "openai":
+        from icp_pipeline.providers.openai_adapter import OpenAIAdapter
+
+        return OpenAIAdapter(api_key)
+    if provider == "anthropic":
+        from icp_pipeline.providers.anthropic_adapter import AnthropicAdapter
+
+        return AnthropicAdapter(api_key)
+    from icp_pipeline.providers.gemini_adapter import GeminiAdapter
+
+    return GeminiAdapter(api_key)
+
+
+def location_in_prompt(provider: str, web_search: bool) -> bool:
+    """OpenAI's and Anthropic's search tools take the user's location; everywhere else the prompt does."""
+    return not (web_search and provider in ("openai", "anthropic"))

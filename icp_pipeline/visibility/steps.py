@@ -5,7 +5,9 @@ re-run alone. Model calls happen outside database transactions and are written t
 moment they return, before anything else can fail.
 """
 
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +30,8 @@ from icp_pipeline.db.models import (
 )
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
-from icp_pipeline.providers.pricing import cost_usd
+from icp_pipeline.providers.factory import location_in_prompt
+from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.providers.structured import complete_structured
 from icp_pipeline.visibility import analytics as analytics_lib
 from icp_pipeline.visibility.citations import CITATIONS_VERSION, extract_citations
@@ -67,6 +70,7 @@ def record_call(
         provider=request.provider,
         requested_model=request.model,
         response_model=response.response_model,
+        prompt=request.prompt,
         ok=True,
         output_text=response.text,
         raw_response=response.raw,
@@ -74,15 +78,7 @@ def record_call(
         input_tokens=response.input_tokens,
         cached_input_tokens=response.cached_input_tokens,
         output_tokens=response.output_tokens,
-        cost_usd=0.0
-        if response.synthetic
-        else cost_usd(
-            request.provider,
-            request.model,
-            response.input_tokens,
-            response.cached_input_tokens,
-            response.output_tokens,
-        ),
+        cost_usd=response.cost_usd,
         latency_ms=response.latency_ms,
         web_search=response.web_search,
         location_mode=response.location_mode,
@@ -109,6 +105,7 @@ def record_failed_call(
             purpose=purpose,
             provider=request.provider,
             requested_model=request.model,
+            prompt=request.prompt,
             ok=False,
             error=str(error),
             output_text=getattr(error, "raw_text", None),
@@ -167,7 +164,12 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> d
                     ModelRequest(
                         provider=item.model.provider,
                         model=item.model.model,
-                        prompt=answer_prompt(item.question.text, None if item.model.web_search else country),
+                        prompt=answer_prompt(
+                            item.question.text,
+                            country
+                            if location_in_prompt(item.model.provider, item.model.web_search)
+                            else None,
+                        ),
                         system=ANSWER_SYSTEM,
                         purpose="answer",
                         country=country,
@@ -179,6 +181,7 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> d
     bought: list[ModelCall] = []
     for item_id, request in todo:
         started = datetime.now(UTC)
+        request = replace(request, deadline=time.monotonic() + STEP_BUDGET_SECONDS)
         try:
             response = provider_for(request.provider, request.model).complete(request)
         except ProviderError as error:
@@ -223,9 +226,7 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
             run.partition_key = item.partition_key
             run.question_id, run.model_id, run.location_id = item.question_id, item.model_id, item.location_id
             run.sample_index = item.sample_index
-            run.prompt = answer_prompt(
-                item.question.text, None if call.web_search else item.location.country_code
-            )
+            run.prompt = call.prompt
             run.answer_text = call.output_text
             run.raw_response = call.raw_response
             run.provider, run.requested_model, run.response_model = (
@@ -419,6 +420,7 @@ def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -
                 system=CLAIMS_SYSTEM,
                 purpose="claims",
                 offline_hints={"answer": answer, "company_names": names, "citations": cited},
+                deadline=time.monotonic() + STEP_BUDGET_SECONDS,
             )
             extraction, call_ids = _buy_claims(db_url, run_id, item_id, request, provider_for, context)
             bought += len(call_ids)

@@ -11,6 +11,7 @@ from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource, PushResource
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.providers.base import ProviderError
+from icp_pipeline.providers.resilience import backoff_seconds
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.analytics import analytics_markdown
 from icp_pipeline.visibility.push import PushFailed, push_snapshot
@@ -34,21 +35,29 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
 def question_run_step(
     context: dg.AssetExecutionContext, app_db: AppDatabase, step: str, policy: dg.RetryPolicy
 ) -> Iterator[None]:
-    """Turn a step's error into a Dagster Failure; on the last attempt (or a permanent error) the
-    partition's cycle item is marked failed so the cycle can still complete."""
+    """Translate a step's error for Dagster. Transient errors are retried (a provider's Retry-After
+    sets the wait); on the last attempt, or for a permanent error, the partition's cycle item is
+    marked failed so the cycle can still complete."""
     try:
         yield
-    except (ProviderError, steps.StepError, LookupError, Exception) as error:  # noqa: B014 - order documents intent
-        retryable = (
-            error.retryable
-            if isinstance(error, ProviderError)
-            else not isinstance(error, steps.StepError | LookupError)
-        )
-        if not retryable or context.retry_number >= policy.max_retries:
+    except Exception as error:
+        if isinstance(error, ProviderError):
+            retryable = error.retryable
+        else:
+            retryable = not isinstance(error, steps.StepError | LookupError)
+        last_attempt = context.retry_number >= policy.max_retries
+        if not retryable or last_attempt:
             steps.fail_partition(app_db.resolved_url, context.partition_key, step, str(error))
-        raise dg.Failure(
-            description=f"{step} failed for {context.partition_key}: {error}", allow_retries=retryable
-        ) from error
+            raise dg.Failure(
+                description=f"{step} failed for {context.partition_key}: {error}", allow_retries=False
+            ) from error
+        if isinstance(error, ProviderError):
+            wait = (
+                error.retry_after if error.retry_after is not None else backoff_seconds(context.retry_number)
+            )
+            context.log.warning(f"{step}: {error}; retrying in {wait:.1f}s")
+            raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
+        raise
 
 
 def _question_run_asset(**kwargs: Any) -> Callable:

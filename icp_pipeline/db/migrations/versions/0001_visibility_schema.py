@@ -162,6 +162,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("requested_model", sa.String(length=120), nullable=False),
         sa.Column("response_model", sa.String(length=160), nullable=True),
+        sa.Column("prompt", sa.Text(), nullable=False),
         sa.Column("ok", sa.Boolean(), nullable=False),
         sa.Column("output_text", sa.Text(), nullable=True),
         sa.Column("raw_response", sa.JSON(), nullable=True),
