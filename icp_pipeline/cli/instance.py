@@ -25,11 +25,18 @@ def get_instance():  # noqa: ANN201 - DagsterInstance, imported lazily
     from dagster import DagsterInstance
 
     instance = DagsterInstance.get()
-    storage = instance.event_log_storage
-    # Never run model steps unbounded: an instance configured without any limit gets the cap of 3.
-    if (
-        storage.get_pool_config().default_pool_limit is None
-        and LLM_POOL not in storage.get_concurrency_keys()
-    ):
-        storage.set_concurrency_slots(LLM_POOL, POOL_LIMIT)
+    ensure_pool(instance)
     return instance
+
+
+def ensure_pool(instance) -> None:  # noqa: ANN001 - DagsterInstance, imported lazily
+    """Create the `llm` pool's slots once, before any worker starts. Left to the first steps, several
+    workers initialize it at the same moment and can create its slots twice (seen: 5 calls at once)."""
+    storage = instance.event_log_storage
+    if LLM_POOL in storage.get_concurrency_keys():
+        return
+    if storage.get_pool_config().default_pool_limit is None:
+        # Never run model steps unbounded: an instance configured without any limit gets the cap of 3.
+        storage.set_concurrency_slots(LLM_POOL, POOL_LIMIT)
+    else:
+        storage.initialize_concurrency_limit_to_default(LLM_POOL)

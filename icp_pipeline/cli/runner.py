@@ -40,9 +40,9 @@ class CycleOutcome:
 def _init_worker() -> None:
     global _instance
     reset_engines_after_fork()
-    from icp_pipeline.cli.instance import get_instance
+    from dagster import DagsterInstance
 
-    _instance = get_instance()
+    _instance = DagsterInstance.get()  # the parent already created the pool's slots
 
 
 def _execute_partition(args: tuple[str, dict[str, str]]) -> tuple[str, bool, str]:

@@ -1,5 +1,6 @@
 """Anthropic through the official SDK's Messages API."""
 
+import os
 from functools import cache
 from typing import Any
 
@@ -10,11 +11,11 @@ from icp_pipeline.providers.schema import strict_json_schema
 
 
 @cache
-def _client(api_key: str) -> Any:
+def _client(api_key: str, base_url: str | None) -> Any:
     import anthropic
 
-    # One attempt per call: Dagster retries, so every attempt shows in the UI. ANTHROPIC_BASE_URL is honoured.
-    return anthropic.Anthropic(api_key=api_key, max_retries=0)
+    # One attempt per call: Dagster retries, so every attempt shows in the UI.
+    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
 
 
 class AnthropicAdapter(LiveAdapter):
@@ -39,7 +40,7 @@ class AnthropicAdapter(LiveAdapter):
             params["output_config"] = {
                 "format": {"type": "json_schema", "schema": strict_json_schema(request.output_schema)}
             }
-        message = _client(self.api_key).messages.create(**params)
+        message = _client(self.api_key, os.environ.get("ANTHROPIC_BASE_URL")).messages.create(**params)
         if message.stop_reason == "refusal":
             raise ProviderError(self.name, request.model, "refused the request", retryable=False)
         texts: list[str] = []

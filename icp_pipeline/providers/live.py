@@ -34,6 +34,10 @@ class LiveAdapter(ABC):
             response = self._call(request)
         except ProviderError:
             raise
+        except ValueError as error:  # the SDKs let a body that is not JSON through as a decode error
+            raise ProviderError(
+                self.name, request.model, f"malformed response: {type(error).__name__}", retryable=True
+            ) from None
         except Exception as error:  # SDK errors are translated below, never leaked with secrets
             status, retryable, headers = self._classify(error)
             if retryable is None:

@@ -1,5 +1,6 @@
 """OpenAI through the official SDK's Responses API."""
 
+import os
 from functools import cache
 from typing import Any
 
@@ -10,12 +11,11 @@ from icp_pipeline.providers.schema import strict_json_schema
 
 
 @cache
-def _client(api_key: str) -> Any:
+def _client(api_key: str, base_url: str | None) -> Any:
     import openai
 
     # Retries are Dagster's (each attempt shows in the UI), so the SDK makes one attempt.
-    # OPENAI_BASE_URL is honoured by the SDK itself.
-    return openai.OpenAI(api_key=api_key, max_retries=0)
+    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
 
 
 class OpenAIAdapter(LiveAdapter):
@@ -45,7 +45,7 @@ class OpenAIAdapter(LiveAdapter):
                     "strict": True,
                 }
             }
-        response = _client(self.api_key).responses.create(**params)
+        response = _client(self.api_key, os.environ.get("OPENAI_BASE_URL")).responses.create(**params)
         incomplete = getattr(response, "incomplete_details", None)
         if incomplete is not None and getattr(incomplete, "reason", None) == "content_filter":
             raise ProviderError(self.name, request.model, "refused: content filter", retryable=False)

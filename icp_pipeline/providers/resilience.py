@@ -92,6 +92,10 @@ class Pacer:
             if state is not None:
                 state.interval = state.interval / 2 if state.interval > 0.05 else 0.0
 
+    def reset(self) -> None:
+        with self._lock:
+            self._states.clear()
+
     def interval(self, provider: str) -> float:
         state = self._states.get(provider)
         return state.interval if state else 0.0

@@ -112,6 +112,7 @@ def test_pool_caps_model_calls_at_three_across_runs(sqlite_app: str) -> None:
     outcome = run_cycle("acme", workers=6, progress=False, defs=defs)
     assert outcome.completed == 45
     assert max_concurrent_calls(sqlite_app) == 3
+    assert DagsterInstance.get().event_log_storage.get_concurrency_info("llm").slot_count == 3
 
 
 def test_one_failing_model_does_not_stop_the_cycle(sqlite_app: str) -> None:
