@@ -9,6 +9,7 @@ model steps at 3 across every worker, because each step claims its slot in the i
 import multiprocessing
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,18 +46,71 @@ def _init_worker() -> None:
     _instance = DagsterInstance.get()  # the parent already created the pool's slots
 
 
-def _execute_partition(args: tuple[str, dict[str, str]]) -> tuple[str, bool, str]:
-    partition_key, tags = args
+def with_quiet_logs(run_config: dict[str, Any] | None) -> dict[str, Any]:
+    return {**(run_config or {}), **QUIET}
+
+
+def execute_one(
+    job: Any,
+    partition_key: str,
+    instance: Any,
+    tags: dict[str, str],
+    run_config: dict[str, Any] | None = None,
+) -> tuple[bool, str]:
+    """Execute one partition of a job in this process; (success, last step error)."""
     try:
-        result = _job.execute_in_process(
-            partition_key=partition_key, instance=_instance, raise_on_error=False, tags=tags, run_config=QUIET
+        result = job.execute_in_process(
+            partition_key=partition_key,
+            instance=instance,
+            raise_on_error=False,
+            tags=tags,
+            run_config=with_quiet_logs(run_config),
         )
-    except Exception as error:  # a crash outside the steps: the runner marks the item failed
-        return partition_key, False, f"{type(error).__name__}: {error}"
+    except Exception as error:  # a crash outside the steps: the caller records it
+        return False, f"{type(error).__name__}: {error}"
     if result.success:
-        return partition_key, True, ""
+        return True, ""
     failures = [e.event_specific_data.error.message.strip() for e in result.all_events if e.is_step_failure]
-    return partition_key, False, failures[-1] if failures else "run failed"
+    return False, failures[-1] if failures else "run failed"
+
+
+def _execute_partition(args: tuple[str, dict[str, str], dict[str, Any] | None]) -> tuple[str, bool, str]:
+    partition_key, tags, run_config = args
+    ok, error = execute_one(_job, partition_key, _instance, tags, run_config)
+    return partition_key, ok, error
+
+
+def load_instance_and_defs(defs: Any = None) -> tuple[Any, Any]:
+    """The instance at DAGSTER_HOME (the embedded one by default) and the code location's definitions."""
+    from icp_pipeline.cli.instance import get_instance, prepare_dagster_home
+
+    prepare_dagster_home()
+    if defs is None:
+        from icp_pipeline.definitions import defs
+    return get_instance(), defs
+
+
+def execute_partitions(
+    job: Any,
+    keys: list[str],
+    workers: int,
+    tags: dict[str, str],
+    run_config: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, bool, str]]:
+    """One run per partition on a pool of forked workers; yields (key, success, error) as runs finish."""
+    global _job
+    _job = job
+    context = multiprocessing.get_context("fork")
+    pool = context.Pool(max(1, min(workers, len(keys) or 1)), initializer=_init_worker)
+    try:
+        yield from pool.imap_unordered(_execute_partition, [(k, tags, run_config) for k in keys])
+        # close + join, not terminate: Dagster's interrupt handling in a worker can swallow SIGTERM.
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 class Progress:
@@ -91,7 +145,6 @@ class Progress:
 
 def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = None) -> CycleOutcome:
     """`defs` defaults to the code location's; tests pass their own resources through it."""
-    global _job
     db_url = database_url()
     with session_scope(db_url) as session:
         cycle, _created = open_cycle(session, org_id)
@@ -99,40 +152,24 @@ def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = 
         keys = sorted({i.partition_key for i in cycle.items if i.status not in ("succeeded", "failed")})
         done = (cycle.completed, cycle.failed, cycle.total)
 
-    from icp_pipeline.cli.instance import get_instance, prepare_dagster_home
-
-    prepare_dagster_home()
-    if defs is None:
-        from icp_pipeline.definitions import defs
+    instance, defs = load_instance_and_defs(defs)
     from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 
-    instance = get_instance()
     instance.add_dynamic_partitions(question_runs_partitions.name, keys)
     instance.add_dynamic_partitions(orgs_partitions.name, [org_id])
-    _job = defs.resolve_job_def("question_run_job")
 
     bar = Progress(done[2], progress)
     completed, failed = done[0], done[1]
     bar.show(completed, failed)
     tags = {"icp/org": org_id, "icp/cycle_id": str(cycle_id), "icp/launched_by": "cli"}
-    context = multiprocessing.get_context("fork")
-    pool = context.Pool(max(1, min(workers, len(keys) or 1)), initializer=_init_worker)
-    try:
-        for key, ok, error in pool.imap_unordered(_execute_partition, [(k, tags) for k in keys]):
-            if not ok:
-                # The assets mark their item failed; this covers a run that died before they could.
-                steps.fail_partition(db_url, key, "run", error)
-            with session_scope(db_url) as session:
-                cycle = refresh_cycle(session, cycle_id)
-                completed, failed = cycle.completed, cycle.failed
-            bar.show(completed, failed)
-        # close + join, not terminate: Dagster's interrupt handling in a worker can swallow SIGTERM.
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    for key, ok, error in execute_partitions(defs.resolve_job_def("question_run_job"), keys, workers, tags):
+        if not ok:
+            # The assets mark their item failed; this covers a run that died before they could.
+            steps.fail_partition(db_url, key, "run", error)
+        with session_scope(db_url) as session:
+            cycle = refresh_cycle(session, cycle_id)
+            completed, failed = cycle.completed, cycle.failed
+        bar.show(completed, failed)
     bar.close()
 
     with session_scope(db_url) as session:
@@ -148,15 +185,12 @@ def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = 
     if not claimed:
         outcome.message = f"cycle {cycle_id}: roll-ups were already requested by another process (sensor)"
         return outcome
-    rollup = defs.resolve_job_def("org_rollup_job").execute_in_process(
-        partition_key=org_id, instance=instance, raise_on_error=False, tags=tags, run_config=QUIET
-    )
+    rolled_up, rollup_error = execute_one(defs.resolve_job_def("org_rollup_job"), org_id, instance, tags)
     outcome.rolled_up = True
     with session_scope(db_url) as session:
         snapshot = steps.latest_snapshot(session, org_id)
         outcome.payload = snapshot.payload if snapshot is not None and snapshot.cycle_id == cycle_id else None
-    outcome.pushed = rollup.success
-    if not rollup.success:
-        errors = [e.event_specific_data.error.message.strip() for e in rollup.all_events if e.is_step_failure]
-        outcome.message = "roll-ups failed: " + ("; ".join(errors) or "see the run in the Dagster UI")
+    outcome.pushed = rolled_up
+    if not rolled_up:
+        outcome.message = f"roll-ups failed: {rollup_error}"
     return outcome
