@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 EXAMPLE_ORG = Path(__file__).parent.parent / "examples" / "acme.yaml"
+EXAMPLE_SITE = Path(__file__).parent.parent / "examples" / "acme_site.yaml"
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -89,13 +90,68 @@ def cmd_org_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site_load(args: argparse.Namespace) -> int:
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.segments.site_file import SiteFileError, parse_site_file, upsert_site
+
+    try:
+        spec = parse_site_file(Path(args.file))
+    except SiteFileError as error:
+        return _fail(str(error), 2)
+    ensure_schema()
+    with session_scope() as session:
+        changes = upsert_site(session, spec)
+    print(
+        f"site {spec.id}: {len(spec.pages)} pages, {len(spec.segments)} imported segments; "
+        f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
+    )
+    return 0
+
+
+def cmd_site_build(args: argparse.Namespace) -> int:
+    from icp_pipeline.cli.site_build import build_site
+    from icp_pipeline.db.session import ensure_schema
+    from icp_pipeline.segments.steps import BuildOptions, UnknownSite, summary_markdown
+
+    ensure_schema()
+    options = BuildOptions(args.provider, args.model, args.rebuild, args.pacing)
+    try:
+        outcome = build_site(
+            args.site, options, args.segment, workers=args.workers, progress=not args.no_progress
+        )
+    except UnknownSite as error:
+        return _fail(str(error))
+    if outcome.table:
+        print(summary_markdown(outcome.table))
+    if outcome.summary:
+        ranking = ", ".join(f"{r['rank']}. {r['segment_id']}" for r in outcome.summary["ranking"])
+        print(f"\nRanking: {ranking}\n{outcome.summary['summary']}")
+    print(f"site {outcome.site_id}: {outcome.succeeded} segments succeeded, {outcome.failed} failed")
+    if not outcome.summary_ok:
+        return _fail(outcome.message)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The quick start: migrate, load the example org and run one full cycle on embedded defaults."""
+    """The quick start on embedded defaults: migrate, run the example org's cycle, build the example site."""
     for step in (
         lambda: cmd_db_upgrade(args),
         lambda: cmd_org_load(argparse.Namespace(file=str(EXAMPLE_ORG))),
         lambda: cmd_org_run(
             argparse.Namespace(org="acme", workers=args.workers, no_progress=args.no_progress)
+        ),
+        lambda: cmd_site_load(argparse.Namespace(file=str(EXAMPLE_SITE))),
+        lambda: cmd_site_build(
+            argparse.Namespace(
+                site="acme",
+                segment=None,
+                provider="openai",
+                model="gpt-4o-mini",
+                rebuild=False,
+                pacing=0.0,
+                workers=args.workers,
+                no_progress=args.no_progress,
+            )
         ),
     ):
         code = step()
@@ -127,7 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_org_report)
 
-    demo = commands.add_parser("demo", help="load the example org and run one cycle (embedded defaults)")
+    site = commands.add_parser("site", help="ICP segments of a site").add_subparsers(
+        dest="site_command", required=True
+    )
+    site_load = site.add_parser("load", help="load or update a site from a YAML file")
+    site_load.add_argument("file")
+    site_load.set_defaults(func=cmd_site_load)
+    build = site.add_parser("build", help="build the site's segments and ICPs as Dagster runs")
+    build.add_argument("site")
+    build.add_argument("--segment", action="append", help="build only this segment id (repeatable)")
+    build.add_argument("--provider", default="openai", choices=["openai", "anthropic", "gemini", "offline"])
+    build.add_argument("--model", default="gpt-4o-mini")
+    build.add_argument("--pacing", type=float, default=0.0, help="seconds to wait before each segment build")
+    build.add_argument("--rebuild", action="store_true", help="ask again even where a result is stored")
+    build.add_argument("--workers", type=int, default=3)
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(func=cmd_site_build)
+
+    demo = commands.add_parser("demo", help="run the example org's cycle and build the example site's ICPs")
     demo.add_argument("--workers", type=int, default=3)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)

@@ -156,6 +156,11 @@ class ModelCall(Base):
     cycle_item_id: Mapped[int | None] = mapped_column(
         ForeignKey("cycle_items.id", ondelete="CASCADE"), nullable=True
     )
+    # ICP calls belong to a site and, for a segment's build, to that segment.
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), nullable=True)
+    segment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), nullable=True
+    )
     purpose: Mapped[str] = mapped_column(String(32))  # answer | claims | ...
     provider: Mapped[str] = mapped_column(String(32))
     requested_model: Mapped[str] = mapped_column(String(120))
@@ -325,3 +330,74 @@ class PushDelivery(Base):
     payload_sha256: Mapped[str] = mapped_column(String(64))
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- ICP segments ---------------------------------------------------------------------------------
+
+
+class Site(Base):
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    pages: Mapped[list[Any]] = mapped_column(default=list)  # [{url, text}]
+    config_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("site_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(64))
+    partition_key: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    rationale: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # generated | imported
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SegmentResult(Base):
+    """The latest ICP build of a segment: replaced in place, so a rebuild never duplicates it."""
+
+    __tablename__ = "segment_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"), unique=True)
+    success: Mapped[bool] = mapped_column(Boolean)
+    profile: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    raw_output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(120))
+    response_model: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
+    input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    execution_ms: Mapped[int] = mapped_column(Integer, default=0)
+    completed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SiteSummary(Base):
+    __tablename__ = "site_summaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), unique=True)
+    success: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    segments: Mapped[list[Any]] = mapped_column(default=list)  # per-segment table
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    generated_at: Mapped[datetime] = mapped_column(default=utcnow)

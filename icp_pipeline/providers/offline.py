@@ -53,8 +53,9 @@ class OfflineProvider:
                 "the offline provider is configured to fail this model (fault injection)",
                 retryable=False,
             )
-        if request.output_schema is not None and request.purpose == "claims":
-            text, citations = _synthetic_claims(request), []
+        structured = _STRUCTURED.get(request.purpose) if request.output_schema is not None else None
+        if structured is not None:
+            text, citations = structured(request), []
         else:
             text, citations = _synthetic_answer(request)
         return ModelResponse(
@@ -137,3 +138,113 @@ def _synthetic_claims(request: ModelRequest) -> str:
 def _same_site(url: str, sentence: str) -> bool:
     host = re.sub(r"^https?://(www\.)?", "", url).split("/")[0]
     return host in sentence
+
+
+_ARCHETYPES = [
+    ("Early-stage startups", "Founders and first hires choosing their first tools"),
+    ("Mid-market SaaS teams", "Product and growth teams at 50-500 person software companies"),
+    ("Enterprise data teams", "Central analytics teams with governance and scale needs"),
+    ("Agencies and consultancies", "Service firms running analytics for many clients"),
+    ("E-commerce brands", "Online retailers optimising funnels and retention"),
+    ("Product-led growth teams", "Teams whose product drives acquisition and expansion"),
+]
+
+
+def _synthetic_segments(request: ModelRequest) -> str:
+    rng = _rng("segments", request.model, request.prompt)
+    chosen = rng.sample(_ARCHETYPES, 4)
+    site = request.offline_hints.get("site", "the site")
+    return json.dumps(
+        {
+            "segments": [
+                {
+                    "name": name,
+                    "description": f"{description} (synthetic).",
+                    "why_it_fits": f"{site} addresses their core workflow (synthetic).",
+                }
+                for name, description in chosen
+            ]
+        }
+    )
+
+
+def _synthetic_icp(request: ModelRequest) -> str:
+    rng = _rng("icp", request.model, request.prompt)
+    segment = request.offline_hints.get("segment", "Segment")
+    fit = round(rng.uniform(0.4, 0.9), 2)
+    profile = {
+        "segment_name": segment,
+        "summary": f"Synthetic ICP for {segment}: teams that need answers from product data fast.",
+        "firmographics": {
+            "industries": rng.sample(["Software", "Retail", "Fintech", "Media", "Healthcare"], 2),
+            "company_size": rng.choice(["1-50", "50-500", "500-5000"]),
+            "revenue_band": rng.choice(["<$5M", "$5M-$50M", "$50M-$500M"]),
+            "regions": rng.sample(["North America", "Europe", "APAC"], 2),
+            "growth_stage": rng.choice(["seed", "growth", "mature"]),
+        },
+        "buying_committee": {
+            "roles": [
+                {"role": "Head of Product", "seniority": "director", "decision_power": "high"},
+                {"role": "Data Analyst", "seniority": "individual contributor", "decision_power": "medium"},
+            ],
+            "champion": "Head of Product",
+            "economic_buyer": "VP Engineering",
+            "blocker": "Security lead",
+        },
+        "pains": ["Slow answers to product questions", "Data spread across tools"],
+        "jobs_to_be_done": ["Understand feature adoption", "Find drop-off in the funnel"],
+        "desired_outcomes": ["Weekly decisions backed by data"],
+        "buying_triggers": ["New funding round", "Launch of a self-serve plan"],
+        "objections": ["Implementation effort", "Price at scale"],
+        "current_alternatives": ["Spreadsheets", "Google Analytics"],
+        "research_channels": ["Peer communities", "Review sites"],
+        "messaging_hooks": ["Answers in minutes, not sprints"],
+        "disqualifiers": ["No product usage data"],
+        "fit_criteria": [
+            {"criterion": "Has a digital product", "weight": 0.6},
+            {"criterion": "Team owns analytics", "weight": 0.4},
+        ],
+        "vocabulary": ["activation", "retention", "funnel"],
+        "confidence": round(rng.uniform(0.5, 0.8), 2),
+    }
+    analysis = {
+        "fit_score": fit,
+        "how_well_served": f"Synthetic assessment: the site serves {segment} {'well' if fit > 0.65 else 'partly'}.",
+        "strengths": ["Clear product positioning"],
+        "gaps": [f"No page speaks to {segment} directly"],
+        "recommended_changes": [f"Add a landing page for {segment}"],
+    }
+    return json.dumps({"profile": profile, "analysis": analysis})
+
+
+def _synthetic_comparison(request: ModelRequest) -> str:
+    ids: list[str] = list(request.offline_hints.get("segment_ids", []))
+    rng = _rng("comparison", request.model, request.prompt)
+    scores = {segment_id: round(rng.uniform(0.3, 0.95), 2) for segment_id in ids}
+    ranked = sorted(ids, key=lambda i: (-scores[i], i))
+    return json.dumps(
+        {
+            "summary": "Synthetic comparison from the offline provider.",
+            "ranking": [
+                {
+                    "segment_id": segment_id,
+                    "rank": rank,
+                    "fit_score": scores[segment_id],
+                    "reason": "Synthetic ranking by fit score.",
+                }
+                for rank, segment_id in enumerate(ranked, start=1)
+            ],
+            "overlaps": [{"segment_ids": ranked[:2], "description": "Similar buying committees (synthetic)."}]
+            if len(ranked) >= 2
+            else [],
+            "recommendations": [f"Focus messaging on {ranked[0]} first (synthetic)."] if ranked else [],
+        }
+    )
+
+
+_STRUCTURED = {
+    "claims": _synthetic_claims,
+    "segments": _synthetic_segments,
+    "icp": _synthetic_icp,
+    "site_summary": _synthetic_comparison,
+}

@@ -8,7 +8,7 @@ moment they return, before anything else can fail.
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
@@ -29,6 +29,7 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.db.session import session_scope
+from icp_pipeline.ledger import record_call, record_failed_call
 from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.factory import location_in_prompt
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
@@ -53,66 +54,6 @@ def company_terms(session: Session, org_id: str) -> list[CompanyTerms]:
         select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
     )
     return [CompanyTerms(c.id, c.name, tuple(c.aliases), tuple(c.domains)) for c in companies]
-
-
-def record_call(
-    session: Session,
-    item_id: int | None,
-    purpose: str,
-    request: ModelRequest,
-    response: ModelResponse,
-    started: datetime | None = None,
-) -> ModelCall:
-    finished = datetime.now(UTC)
-    call = ModelCall(
-        cycle_item_id=item_id,
-        purpose=purpose,
-        provider=request.provider,
-        requested_model=request.model,
-        response_model=response.response_model,
-        prompt=request.prompt,
-        ok=True,
-        output_text=response.text,
-        raw_response=response.raw,
-        source_citations=[{"url": c.url, "title": c.title, "cited": c.cited} for c in response.citations],
-        input_tokens=response.input_tokens,
-        cached_input_tokens=response.cached_input_tokens,
-        output_tokens=response.output_tokens,
-        cost_usd=response.cost_usd,
-        latency_ms=response.latency_ms,
-        web_search=response.web_search,
-        location_mode=response.location_mode,
-        synthetic=response.synthetic,
-        started_at=started or finished - timedelta(milliseconds=response.latency_ms),
-        finished_at=finished,
-    )
-    session.add(call)
-    session.flush()
-    return call
-
-
-def record_failed_call(
-    session: Session,
-    item_id: int | None,
-    purpose: str,
-    request: ModelRequest,
-    error: Exception,
-    started: datetime,
-) -> None:
-    session.add(
-        ModelCall(
-            cycle_item_id=item_id,
-            purpose=purpose,
-            provider=request.provider,
-            requested_model=request.model,
-            prompt=request.prompt,
-            ok=False,
-            error=str(error),
-            output_text=getattr(error, "raw_text", None),
-            started_at=started,
-            finished_at=datetime.now(UTC),
-        )
-    )
 
 
 def _ok_call(session: Session, item_id: int, purpose: str) -> ModelCall | None:
@@ -186,10 +127,10 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> d
             response = provider_for(request.provider, request.model).complete(request)
         except ProviderError as error:
             with session_scope(db_url) as session:
-                record_failed_call(session, item_id, "answer", request, error, started)
+                record_failed_call(session, "answer", request, error, started, cycle_item_id=item_id)
             raise
         with session_scope(db_url) as session:
-            bought.append(record_call(session, item_id, "answer", request, response, started))
+            bought.append(record_call(session, "answer", request, response, started, cycle_item_id=item_id))
             set_item_status(session, session.get(CycleItem, item_id), "answered")
     calls = bought + reused
     return {
@@ -358,7 +299,7 @@ def _buy_claims(
 
     def record(response: ModelResponse) -> None:
         with session_scope(db_url) as session:
-            call_ids.append(record_call(session, item_id, "claims", request, response).id)
+            call_ids.append(record_call(session, "claims", request, response, cycle_item_id=item_id).id)
 
     started = datetime.now(UTC)
     try:
@@ -367,7 +308,7 @@ def _buy_claims(
     except ProviderError as error:
         with session_scope(db_url) as session:
             if error.raw_text is None:  # the call failed; an invalid reply is already in the ledger
-                record_failed_call(session, item_id, "claims", request, error, started)
+                record_failed_call(session, "claims", request, error, started, cycle_item_id=item_id)
             run = session.get(QuestionRun, run_id)
             run.error = str(error)
             if error.raw_text is not None:

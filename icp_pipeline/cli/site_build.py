@@ -1,0 +1,93 @@
+"""Build a site's ICPs as real Dagster runs: segments, then one run per segment, then the summary."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from icp_pipeline.cli.runner import Progress, execute_one, execute_partitions, load_instance_and_defs
+from icp_pipeline.db.models import Segment, SiteSummary
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.segments.keys import segment_partition_key
+from icp_pipeline.segments.steps import BuildOptions, require_site, segment_table
+from icp_pipeline.settings import database_url
+
+
+@dataclass
+class BuildOutcome:
+    site_id: str
+    succeeded: int
+    failed: int
+    summary_ok: bool
+    table: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    message: str
+
+
+def build_site(
+    site_id: str,
+    options: BuildOptions,
+    segment_ids: list[str] | None = None,
+    workers: int = 3,
+    progress: bool = True,
+    defs: Any = None,
+) -> BuildOutcome:
+    db_url = database_url()
+    with session_scope(db_url) as session:
+        require_site(session, site_id)
+    instance, defs = load_instance_and_defs(defs)
+    if not instance.has_dynamic_partition("sites", site_id):
+        instance.add_dynamic_partitions("sites", [site_id])
+    config = {
+        "provider": options.provider,
+        "model": options.model,
+        "rebuild": options.rebuild,
+        "pacing_seconds": options.pacing_seconds,
+    }
+    tags = {"icp/site": site_id, "icp/launched_by": "cli"}
+
+    ok, error = execute_one(
+        defs.resolve_job_def("site_segments_job"),
+        site_id,
+        instance,
+        tags,
+        {"ops": {"site_segments": {"config": config}}},
+    )
+    if not ok:
+        return BuildOutcome(site_id, 0, 0, False, [], None, f"segment discovery failed: {error}")
+    with session_scope(db_url) as session:
+        keys = list(
+            session.scalars(select(Segment.partition_key).where(Segment.site_id == site_id, Segment.active))
+        )
+    if segment_ids:
+        wanted = {segment_partition_key(site_id, s) for s in segment_ids}
+        unknown = sorted(wanted - set(keys))
+        if unknown:
+            return BuildOutcome(site_id, 0, 0, False, [], None, f"unknown segments: {', '.join(unknown)}")
+        keys = [k for k in keys if k in wanted]
+
+    bar = Progress(len(keys), progress)
+    succeeded = failed = 0
+    segment_config = {"ops": {"segment_icp": {"config": config}}}
+    # Pacing spaces builds out, so it only means something when they run one after another.
+    parallel = 1 if options.pacing_seconds else workers
+    for _key, ok, _error in execute_partitions(
+        defs.resolve_job_def("segment_icp_job"), keys, parallel, tags, segment_config
+    ):
+        succeeded, failed = succeeded + ok, failed + (not ok)
+        bar.show(succeeded, failed)
+    bar.close()
+
+    summary_ok, summary_error = execute_one(
+        defs.resolve_job_def("site_summary_job"),
+        site_id,
+        instance,
+        tags,
+        {"ops": {"site_icp_summary": {"config": config}}},
+    )
+    with session_scope(db_url) as session:
+        table = segment_table(session, site_id)
+        stored = session.scalars(select(SiteSummary).where(SiteSummary.site_id == site_id)).first()
+        summary = stored.summary if stored is not None and stored.success else None
+    message = "" if summary_ok else f"site summary failed: {summary_error}"
+    return BuildOutcome(site_id, succeeded, failed, summary_ok, table, summary, message)

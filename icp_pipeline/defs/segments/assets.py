@@ -1,0 +1,148 @@
+"""ICP segment assets: site -> general segments -> one ICP build per segment partition -> site summary."""
+
+import os
+
+import dagster as dg
+
+from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource
+from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
+from icp_pipeline.providers.base import ProviderError
+from icp_pipeline.providers.resilience import backoff_seconds
+from icp_pipeline.segments import steps
+from icp_pipeline.segments.steps import BuildOptions
+
+GROUP = "icp_segments"
+MODEL_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+class ICPBuildConfig(dg.Config):
+    """Per-build options; the CLI's --provider/--model/--pacing map onto these."""
+
+    provider: str = os.environ.get("ICP_DEFAULT_PROVIDER", "openai")
+    model: str = os.environ.get("ICP_DEFAULT_MODEL", "gpt-4o-mini")
+    rebuild: bool = False
+    pacing_seconds: float = 0.0
+
+    def options(self) -> BuildOptions:
+        return BuildOptions(self.provider, self.model, self.rebuild, self.pacing_seconds)
+
+
+def _raise_for_dagster(context: dg.AssetExecutionContext, error: ProviderError) -> None:
+    if error.retryable and context.retry_number < MODEL_RETRY.max_retries:
+        wait = error.retry_after if error.retry_after is not None else backoff_seconds(context.retry_number)
+        raise dg.RetryRequested(max_retries=MODEL_RETRY.max_retries, seconds_to_wait=wait) from error
+    raise dg.Failure(description=str(error), allow_retries=False) from error
+
+
+@dg.asset(
+    partitions_def=sites_partitions,
+    group_name=GROUP,
+    kinds={"python", "llm"},
+    pool=LLM_POOL,
+    retry_policy=MODEL_RETRY,
+    description="Asks the model for the site's general audience segments, keeps imported ones, registers one partition each.",
+)
+def site_segments(
+    context: dg.AssetExecutionContext,
+    config: ICPBuildConfig,
+    app_db: AppDatabase,
+    models: ModelProviderResource,
+) -> dg.MaterializeResult:
+    try:
+        summary = steps.discover_segments(
+            app_db.resolved_url, context.partition_key, models.provider_for, config.options()
+        )
+    except ProviderError as error:
+        _raise_for_dagster(context, error)
+    except steps.UnknownSite as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+    new_keys = [
+        k for k in summary["partition_keys"] if not context.instance.has_dynamic_partition("segments", k)
+    ]
+    if new_keys:
+        context.instance.add_dynamic_partitions(segments_partitions.name, new_keys)
+    return dg.MaterializeResult(
+        metadata={
+            "segments": len(summary["segments"]),
+            "generated": sum(1 for s in summary["segments"] if s["source"] == "generated"),
+            "imported": sum(1 for s in summary["segments"] if s["source"] == "imported"),
+            "new_partitions": dg.MetadataValue.json(new_keys),
+            "model_calls": summary["model_calls"],
+            "segment_names": dg.MetadataValue.json([s["name"] for s in summary["segments"]]),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=segments_partitions,
+    group_name=GROUP,
+    kinds={"python", "llm"},
+    pool=LLM_POOL,
+    retry_policy=MODEL_RETRY,
+    description="Builds one segment's Ideal Customer Profile and how well the site serves it (structured output).",
+)
+def segment_icp(
+    context: dg.AssetExecutionContext,
+    config: ICPBuildConfig,
+    app_db: AppDatabase,
+    models: ModelProviderResource,
+) -> dg.MaterializeResult:
+    try:
+        summary = steps.build_segment(
+            app_db.resolved_url, context.partition_key, models.provider_for, config.options()
+        )
+    except ProviderError as error:
+        _raise_for_dagster(context, error)
+    except LookupError as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+    metadata = {
+        "segment": summary["segment"],
+        "reused": summary["reused"],
+        "execution_ms": summary["execution_ms"],
+        "confidence": summary["confidence"],
+        "fit_score": summary["fit_score"],
+        "cost_usd": summary["cost_usd"],
+        "input_tokens": summary.get("input_tokens"),
+        "output_tokens": summary.get("output_tokens"),
+        "synthetic": summary.get("synthetic"),
+    }
+    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+@dg.asset(
+    partitions_def=sites_partitions,
+    group_name=GROUP,
+    kinds={"python", "llm"},
+    pool=LLM_POOL,
+    deps=[site_segments, dg.AssetDep(segment_icp, partition_mapping=dg.AllPartitionMapping())],
+    description="Compares the segments that succeeded (ranking, overlaps); succeeds when at least one did.",
+)
+def site_icp_summary(
+    context: dg.AssetExecutionContext,
+    config: ICPBuildConfig,
+    app_db: AppDatabase,
+    models: ModelProviderResource,
+) -> dg.MaterializeResult:
+    try:
+        summary = steps.summarize_site(
+            app_db.resolved_url, context.partition_key, models.provider_for, config.options()
+        )
+    except steps.SummaryFailed as error:
+        raise dg.Failure(str(error), allow_retries=False) from error
+    except ProviderError as error:
+        _raise_for_dagster(context, error)
+    ranking = summary["comparison"]["ranking"]
+    metadata = {
+        "segments_succeeded": summary["succeeded"],
+        "segments_failed": summary["failed"],
+        "top_segment": ranking[0]["segment_id"] if ranking else None,
+        "cost_usd": summary["cost_usd"],
+        "synthetic": summary["synthetic"],
+        "segments": dg.MetadataValue.md(steps.summary_markdown(summary["segments"])),
+    }
+    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+segment_assets = [site_segments, segment_icp, site_icp_summary]

@@ -1,0 +1,1 @@
+"""ICP segments domain logic: plain functions, no Dagster imports."""

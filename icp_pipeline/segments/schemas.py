@@ -1,0 +1,107 @@
+"""What the models must return for segments, ICP builds and the site summary (validated with pydantic)."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+Text = Annotated[str, Field(min_length=1, max_length=2000)]
+Unit = Annotated[float, Field(ge=0, le=1)]
+
+ICP_VERSION = "icp-1"
+
+
+class GeneratedSegment(BaseModel):
+    name: Annotated[str, Field(min_length=2, max_length=120)]
+    description: Text
+    why_it_fits: Text
+
+
+class SegmentList(BaseModel):
+    segments: Annotated[list[GeneratedSegment], Field(min_length=1, max_length=8)]
+
+
+class Firmographics(BaseModel):
+    industries: list[str]
+    company_size: str
+    revenue_band: str
+    regions: list[str]
+    growth_stage: str
+
+
+class CommitteeMember(BaseModel):
+    role: str
+    seniority: str
+    decision_power: Literal["low", "medium", "high"]
+
+
+class BuyingCommittee(BaseModel):
+    roles: Annotated[list[CommitteeMember], Field(min_length=1)]
+    champion: str
+    economic_buyer: str
+    blocker: str
+
+
+class FitCriterion(BaseModel):
+    criterion: str
+    weight: Unit
+
+
+class ICPProfile(BaseModel):
+    segment_name: str
+    summary: Text
+    firmographics: Firmographics
+    buying_committee: BuyingCommittee
+    pains: list[str]
+    jobs_to_be_done: list[str]
+    desired_outcomes: list[str]
+    buying_triggers: list[str]
+    objections: list[str]
+    current_alternatives: list[str]
+    research_channels: list[str]
+    messaging_hooks: list[str]
+    disqualifiers: list[str]
+    fit_criteria: Annotated[list[FitCriterion], Field(min_length=1)]
+    vocabulary: list[str]
+    confidence: Unit
+
+
+class SiteFitAnalysis(BaseModel):
+    fit_score: Unit
+    how_well_served: Text
+    strengths: list[str]
+    gaps: list[str]
+    recommended_changes: list[str]
+
+
+class SegmentICP(BaseModel):
+    profile: ICPProfile
+    analysis: SiteFitAnalysis
+
+
+class RankedSegment(BaseModel):
+    segment_id: str
+    rank: Annotated[int, Field(ge=1)]
+    fit_score: Unit
+    reason: Text
+
+
+class SegmentOverlap(BaseModel):
+    segment_ids: Annotated[list[str], Field(min_length=2)]
+    description: Text
+
+
+class SiteComparison(BaseModel):
+    summary: Text
+    ranking: Annotated[list[RankedSegment], Field(min_length=1)]
+    overlaps: list[SegmentOverlap]
+    recommendations: list[str]
+
+    @field_validator("ranking")
+    @classmethod
+    def _known_segments(cls, ranking: list[RankedSegment], info: ValidationInfo) -> list[RankedSegment]:
+        allowed = (info.context or {}).get("segment_ids")
+        if allowed is not None:
+            unknown = sorted({r.segment_id for r in ranking} - set(allowed))
+            if unknown:
+                raise ValueError(f"ranks segments that were not built: {', '.join(unknown)}")
+        return sorted(ranking, key=lambda r: r.rank)

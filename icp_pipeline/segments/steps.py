@@ -1,0 +1,357 @@
+"""The ICP build as plain functions over the app database: segments, one build per segment, the summary.
+
+Model calls happen outside transactions and go to the ledger as soon as they return. A segment whose
+successful build is stored is not built again unless a rebuild is asked for.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from icp_pipeline.db.models import ModelCall, Segment, SegmentResult, Site, SiteSummary
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.ledger import record_call, record_failed_call
+from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
+from icp_pipeline.providers.structured import complete_structured
+from icp_pipeline.segments.keys import segment_partition_key, slugify
+from icp_pipeline.segments.prompts import SYSTEM, comparison_prompt, icp_prompt, segments_prompt
+from icp_pipeline.segments.schemas import SegmentICP, SegmentList, SiteComparison
+
+ProviderFor = Callable[[str, str], ModelProvider]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    provider: str = "openai"
+    model: str = "gpt-4o-mini"
+    rebuild: bool = False
+    pacing_seconds: float = 0.0
+
+
+class UnknownSite(LookupError):
+    pass
+
+
+class SummaryFailed(RuntimeError):
+    pass
+
+
+def require_site(session: Session, site_id: str) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise UnknownSite(f"unknown site {site_id!r}; load it first with `icp-pipeline site load FILE`")
+    return site
+
+
+def active_segments(session: Session, site_id: str) -> list[Segment]:
+    return list(
+        session.scalars(
+            select(Segment).where(Segment.site_id == site_id, Segment.active).order_by(Segment.id)
+        )
+    )
+
+
+def _structured_call(
+    db_url: str,
+    purpose: str,
+    request: ModelRequest,
+    schema: type,
+    provider_for: ProviderFor,
+    context: dict[str, Any] | None = None,
+    *,
+    site_id: str,
+    segment_id: int | None = None,
+) -> tuple[Any, list[ModelCall]]:
+    calls: list[ModelCall] = []
+
+    def record(response: ModelResponse) -> None:
+        with session_scope(db_url) as session:
+            calls.append(
+                record_call(session, purpose, request, response, site_id=site_id, segment_id=segment_id)
+            )
+
+    started = datetime.now(UTC)
+    try:
+        provider = provider_for(request.provider, request.model)
+        return complete_structured(provider, request, schema, record, context), calls
+    except ProviderError as error:
+        if error.raw_text is None:  # the call failed; an invalid reply is already in the ledger
+            with session_scope(db_url) as session:
+                record_failed_call(
+                    session, purpose, request, error, started, site_id=site_id, segment_id=segment_id
+                )
+        raise
+
+
+def _request(options: BuildOptions, purpose: str, prompt: str, hints: dict[str, Any]) -> ModelRequest:
+    return ModelRequest(
+        provider=options.provider,
+        model=options.model,
+        prompt=prompt,
+        purpose=purpose,
+        system=SYSTEM,
+        max_output_tokens=4000,
+        offline_hints=hints,
+        deadline=time.monotonic() + STEP_BUDGET_SECONDS,
+    )
+
+
+def discover_segments(
+    db_url: str, site_id: str, provider_for: ProviderFor, options: BuildOptions
+) -> dict[str, Any]:
+    """Ask once for general segments (reused on later builds unless rebuilding); keep imported ones.
+    Returns every active segment's partition key."""
+    with session_scope(db_url) as session:
+        site = require_site(session, site_id)
+        segments = active_segments(session, site_id)
+        generated = [s for s in segments if s.source == "generated"]
+        imported = [s for s in segments if s.source == "imported"]
+        request = None
+        if options.rebuild or not generated:
+            request = _request(options, "segments", segments_prompt(site, imported), {"site": site.name})
+    bought = 0
+    if request is not None:
+        result, calls = _structured_call(
+            db_url, "segments", request, SegmentList, provider_for, site_id=site_id
+        )
+        bought = len(calls)
+        with session_scope(db_url) as session:
+            existing = {s.key: s for s in session.scalars(select(Segment).where(Segment.site_id == site_id))}
+            taken = {k for k, s in existing.items() if s.source == "imported"}
+            kept: set[str] = set()
+            for found in result.segments:
+                key = slugify(found.name)
+                while key in taken or key in kept:
+                    key = f"{key}-2"
+                kept.add(key)
+                row = existing.get(key)
+                if row is None:
+                    row = Segment(
+                        site_id=site_id,
+                        key=key,
+                        partition_key=segment_partition_key(site_id, key),
+                        source="generated",
+                    )
+                    session.add(row)
+                row.name, row.description, row.rationale, row.active = (
+                    found.name,
+                    found.description,
+                    found.why_it_fits,
+                    True,
+                )
+            for key, row in existing.items():
+                if row.source == "generated" and key not in kept:
+                    row.active = False
+    with session_scope(db_url) as session:
+        segments = active_segments(session, site_id)
+        return {
+            "segments": [{"key": s.key, "name": s.name, "source": s.source} for s in segments],
+            "partition_keys": [s.partition_key for s in segments],
+            "model_calls": bought,
+            "reused": request is None,
+        }
+
+
+def build_segment(
+    db_url: str, partition_key: str, provider_for: ProviderFor, options: BuildOptions
+) -> dict[str, Any]:
+    """Build one segment's ICP; the result row is replaced in place. Failures are stored, then raised."""
+    with session_scope(db_url) as session:
+        segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
+        if segment is None:
+            raise LookupError(
+                f"unknown segment {partition_key!r}; materialize site_segments for its site first"
+            )
+        stored = session.scalars(select(SegmentResult).where(SegmentResult.segment_id == segment.id)).first()
+        if stored is not None and stored.success and not options.rebuild:
+            return {
+                "reused": True,
+                "success": True,
+                "execution_ms": stored.execution_ms,
+                "cost_usd": stored.cost_usd,
+                "segment": segment.name,
+                "confidence": (stored.profile or {}).get("confidence"),
+                "fit_score": (stored.analysis or {}).get("fit_score"),
+            }
+        site = require_site(session, segment.site_id)
+        segment_id, site_id, name = segment.id, segment.site_id, segment.name
+        request = _request(options, "icp", icp_prompt(site, segment), {"segment": name, "site": site.name})
+    if options.pacing_seconds:
+        time.sleep(options.pacing_seconds)  # spares the provider between segment builds
+    started = time.monotonic()
+    try:
+        result, calls = _structured_call(
+            db_url, "icp", request, SegmentICP, provider_for, site_id=site_id, segment_id=segment_id
+        )
+    except ProviderError as error:
+        _store_result(db_url, segment_id, options, started, error=str(error), raw_text=error.raw_text)
+        raise
+    last = calls[-1]
+    _store_result(db_url, segment_id, options, started, result=result, calls=calls)
+    return {
+        "reused": False,
+        "success": True,
+        "execution_ms": int((time.monotonic() - started) * 1000),
+        "cost_usd": _sum_cost(calls),
+        "segment": name,
+        "confidence": result.profile.confidence,
+        "fit_score": result.analysis.fit_score,
+        "input_tokens": last.input_tokens,
+        "output_tokens": last.output_tokens,
+        "synthetic": last.synthetic,
+    }
+
+
+def _sum_cost(calls: list[ModelCall]) -> float | None:
+    return None if any(c.cost_usd is None for c in calls) else round(sum(c.cost_usd for c in calls), 8)
+
+
+def _store_result(
+    db_url: str,
+    segment_id: int,
+    options: BuildOptions,
+    started: float,
+    *,
+    result: SegmentICP | None = None,
+    calls: list[ModelCall] = (),
+    error: str | None = None,
+    raw_text: str | None = None,
+) -> None:
+    with session_scope(db_url) as session:
+        row = session.scalars(select(SegmentResult).where(SegmentResult.segment_id == segment_id)).first()
+        if row is None:
+            row = SegmentResult(segment_id=segment_id)
+        row.success = result is not None
+        row.profile = result.profile.model_dump(mode="json") if result else None
+        row.analysis = result.analysis.model_dump(mode="json") if result else None
+        row.error, row.raw_output_text = error, raw_text
+        row.provider, row.model = options.provider, options.model
+        row.response_model = calls[-1].response_model if calls else None
+        row.synthetic = any(c.synthetic for c in calls)
+        row.input_tokens = sum(c.input_tokens or 0 for c in calls) if calls else None
+        row.output_tokens = sum(c.output_tokens or 0 for c in calls) if calls else None
+        row.cost_usd = _sum_cost(list(calls)) if calls else None
+        row.execution_ms = int((time.monotonic() - started) * 1000)
+        row.completed_at = datetime.now(UTC)
+        session.add(row)
+
+
+def segment_table(session: Session, site_id: str) -> list[dict[str, Any]]:
+    rows = []
+    for segment in active_segments(session, site_id):
+        result = session.scalars(select(SegmentResult).where(SegmentResult.segment_id == segment.id)).first()
+        rows.append(
+            {
+                "segment_id": segment.key,
+                "name": segment.name,
+                "source": segment.source,
+                "success": bool(result and result.success),
+                "error": (result.error if result else "not built yet"),
+                "execution_ms": result.execution_ms if result else None,
+                "completed_at": result.completed_at.isoformat() if result else None,
+                "fit_score": (result.analysis or {}).get("fit_score") if result and result.success else None,
+            }
+        )
+    return rows
+
+
+def summarize_site(
+    db_url: str, site_id: str, provider_for: ProviderFor, options: BuildOptions
+) -> dict[str, Any]:
+    """Compare the segments that succeeded (one model call); fails, listing every error, when none did."""
+    with session_scope(db_url) as session:
+        site = require_site(session, site_id)
+        table = segment_table(session, site_id)
+        succeeded = []
+        for segment in active_segments(session, site_id):
+            result = session.scalars(
+                select(SegmentResult).where(SegmentResult.segment_id == segment.id)
+            ).first()
+            if result is not None and result.success:
+                succeeded.append(
+                    (segment.key, segment.name, {"profile": result.profile, "analysis": result.analysis})
+                )
+        request = (
+            _request(
+                options,
+                "site_summary",
+                comparison_prompt(site, succeeded),
+                {"segment_ids": [s[0] for s in succeeded]},
+            )
+            if succeeded
+            else None
+        )
+    if request is None:
+        errors = (
+            "; ".join(f"{row['segment_id']}: {row['error']}" for row in table) or "the site has no segments"
+        )
+        _store_summary(db_url, site_id, table, options, error=f"no segment succeeded ({errors})")
+        raise SummaryFailed(f"site {site_id}: no segment succeeded: {errors}")
+    try:
+        comparison, calls = _structured_call(
+            db_url,
+            "site_summary",
+            request,
+            SiteComparison,
+            provider_for,
+            {"segment_ids": [s[0] for s in succeeded]},
+            site_id=site_id,
+        )
+    except ProviderError as error:
+        _store_summary(db_url, site_id, table, options, error=str(error))
+        raise
+    _store_summary(db_url, site_id, table, options, comparison=comparison, calls=calls)
+    return {
+        "segments": table,
+        "comparison": comparison.model_dump(mode="json"),
+        "succeeded": len(succeeded),
+        "failed": len(table) - len(succeeded),
+        "synthetic": any(c.synthetic for c in calls),
+        "cost_usd": _sum_cost(calls),
+    }
+
+
+def _store_summary(
+    db_url: str,
+    site_id: str,
+    table: list[dict[str, Any]],
+    options: BuildOptions,
+    *,
+    comparison: SiteComparison | None = None,
+    calls: list[ModelCall] = (),
+    error: str | None = None,
+) -> None:
+    with session_scope(db_url) as session:
+        row = session.scalars(
+            select(SiteSummary).where(SiteSummary.site_id == site_id)
+        ).first() or SiteSummary(site_id=site_id)
+        row.success = comparison is not None
+        row.summary = comparison.model_dump(mode="json") if comparison else None
+        row.segments, row.error = table, error
+        row.provider, row.model = options.provider, options.model
+        row.synthetic = any(c.synthetic for c in calls)
+        row.cost_usd = _sum_cost(list(calls)) if calls else None
+        row.generated_at = datetime.now(UTC)
+        session.add(row)
+
+
+def summary_markdown(table: list[dict[str, Any]]) -> str:
+    lines = [
+        "| Segment | Source | Success | Fit | Time (s) | Completed | Error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        seconds = f"{row['execution_ms'] / 1000:.1f}" if row["execution_ms"] is not None else "–"
+        fit = f"{row['fit_score']:.2f}" if row["fit_score"] is not None else "–"
+        error = (row["error"] or "").replace("|", "/")[:120]
+        lines.append(
+            f"| {row['name']} | {row['source']} | {'yes' if row['success'] else 'no'} | {fit} | {seconds} | "
+            f"{row['completed_at'] or '–'} | {error} |"
+        )
+    return "\n".join(lines)
