@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from icp_pipeline.cli.instance import write_embedded_instance_yaml
 from icp_pipeline.db import session as db_session
 from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.visibility.org_file import parse_org_file, upsert_org
@@ -37,10 +38,13 @@ def icp_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def write_instance_yaml(dagster_home: Path, storage_url: str | None = None) -> None:
-    text = (Path(db_session.__file__).parent.parent / "instance" / "dagster.yaml").read_text()
+    """The CLI's embedded instance config, or the same pools on PostgreSQL storage."""
+    write_embedded_instance_yaml(dagster_home)
     if storage_url:
-        text += f"storage:\n  postgres:\n    postgres_url: {storage_url}\n"
-    (dagster_home / "dagster.yaml").write_text(text)
+        pools = "concurrency:\n  pools:\n    default_limit: 3\n    granularity: op\n"
+        (dagster_home / "dagster.yaml").write_text(
+            f"storage:\n  postgres:\n    postgres_url: {storage_url}\n{pools}"
+        )
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The Dagster instance the CLI records its runs in (imports Dagster only when called)."""
 
 import os
-import shutil
 from pathlib import Path
 
 from icp_pipeline import settings
@@ -16,9 +15,14 @@ def prepare_dagster_home() -> Path:
     home = settings.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and "DAGSTER_HOME" not in os.environ:
-        shutil.copy(EMBEDDED_INSTANCE_YAML, home / "dagster.yaml")
+        write_embedded_instance_yaml(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def write_embedded_instance_yaml(home: Path) -> None:
+    text = EMBEDDED_INSTANCE_YAML.read_text().replace("{DAGSTER_HOME}", str(home.resolve()))
+    (home / "dagster.yaml").write_text(text)
 
 
 def get_instance():  # noqa: ANN201 - DagsterInstance, imported lazily

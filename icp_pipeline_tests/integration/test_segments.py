@@ -1,0 +1,216 @@
+"""ICP segments on a real Dagster instance: discovery, one build per segment partition, partial success."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance
+
+from icp_pipeline.cli.runner import execute_one
+from icp_pipeline.cli.site_build import build_site
+from icp_pipeline.db.models import ModelCall, Segment, SegmentResult
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.resources import ModelProviderResource
+from icp_pipeline.providers.resilience import PACER
+from icp_pipeline.segments.site_file import parse_site_file, upsert_site
+from icp_pipeline.segments.steps import BuildOptions
+from icp_pipeline_tests.support.fake_providers import FakeOpenAI, status, text
+from icp_pipeline_tests.support.pipeline import count, pipeline_defs
+
+EXAMPLE_SITE = Path(__file__).parents[2] / "icp_pipeline" / "examples" / "acme_site.yaml"
+KEY = "sk-segments-test-77aa"
+OPENAI = BuildOptions(provider="openai", model="gpt-4o-mini")
+GENERATED = ["Startups", "Agencies", "Retailers"]
+# Build order: the imported segment first, then the generated ones in the order the model gave them.
+KEYS = ["data-platform-teams", "startups", "agencies", "retailers"]
+
+
+def segments_json() -> str:
+    return json.dumps(
+        {
+            "segments": [
+                {"name": n, "description": f"{n} buying analytics", "why_it_fits": "fits"} for n in GENERATED
+            ]
+        }
+    )
+
+
+def icp_json(name: str = "Startups") -> str:
+    profile = {
+        "segment_name": name,
+        "summary": "A profile",
+        "firmographics": {
+            "industries": ["Software"],
+            "company_size": "1-50",
+            "revenue_band": "<$5M",
+            "regions": ["Europe"],
+            "growth_stage": "seed",
+        },
+        "buying_committee": {
+            "roles": [{"role": "CTO", "seniority": "exec", "decision_power": "high"}],
+            "champion": "CTO",
+            "economic_buyer": "CEO",
+            "blocker": "none",
+        },
+        "pains": ["p"],
+        "jobs_to_be_done": ["j"],
+        "desired_outcomes": ["o"],
+        "buying_triggers": ["t"],
+        "objections": ["x"],
+        "current_alternatives": ["a"],
+        "research_channels": ["c"],
+        "messaging_hooks": ["m"],
+        "disqualifiers": ["d"],
+        "fit_criteria": [{"criterion": "digital product", "weight": 0.7}],
+        "vocabulary": ["funnel"],
+        "confidence": 0.6,
+    }
+    analysis = {
+        "fit_score": 0.7,
+        "how_well_served": "partly",
+        "strengths": ["s"],
+        "gaps": ["g"],
+        "recommended_changes": ["r"],
+    }
+    return json.dumps({"profile": profile, "analysis": analysis})
+
+
+def summary_json(ids: list[str]) -> str:
+    return json.dumps(
+        {
+            "summary": "compared",
+            "ranking": [
+                {"segment_id": i, "rank": n, "fit_score": 0.5, "reason": "r"}
+                for n, i in enumerate(ids, start=1)
+            ],
+            "overlaps": [],
+            "recommendations": ["do it"],
+        }
+    )
+
+
+@pytest.fixture
+def site(sqlite_app: str) -> str:
+    with session_scope(sqlite_app) as session:
+        upsert_site(session, parse_site_file(EXAMPLE_SITE))
+    return sqlite_app
+
+
+@pytest.fixture
+def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    PACER.reset()
+    with FakeOpenAI(api_key=KEY) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        server.structured_text = icp_json()
+        yield server
+    PACER.reset()
+
+
+def live_defs(db_url: str):
+    return pipeline_defs(db_url, models=ModelProviderResource(mode="live", openai_api_key=KEY))
+
+
+def test_segments_are_generated_registered_and_not_rebought(site: str) -> None:
+    defs = pipeline_defs(site)
+    outcome = build_site("acme", OPENAI, workers=3, progress=False, defs=defs)
+    assert outcome.summary_ok and (outcome.succeeded, outcome.failed) == (5, 0)
+    with session_scope(site) as session:
+        keys = set(session.scalars(sa.select(Segment.partition_key).where(Segment.active)))
+        sources = sorted(session.scalars(sa.select(Segment.source).where(Segment.active)))
+    assert sources == ["generated"] * 4 + ["imported"]
+    assert set(DagsterInstance.get().get_dynamic_partitions("segments")) == keys
+    assert all(key.startswith("acme|") for key in keys)
+    assert outcome.summary["ranking"][0]["rank"] == 1
+
+    calls = count(site, ModelCall)
+    again = build_site("acme", OPENAI, workers=3, progress=False, defs=defs)
+    assert again.summary_ok
+    assert count(site, ModelCall) == calls + 1  # only the summary is asked again; segments and ICPs reused
+    assert count(site, SegmentResult) == 5
+
+
+def test_one_failing_segment_is_listed_and_a_retry_of_that_partition_fixes_the_summary(
+    site, openai_server
+) -> None:
+    openai_server.script(
+        text(segments_json()),
+        status(400),
+        text(icp_json()),
+        text(icp_json()),
+        text(icp_json()),
+        text(summary_json(KEYS[1:])),
+    )
+    defs = live_defs(site)
+    outcome = build_site("acme", OPENAI, workers=1, progress=False, defs=defs)
+    assert outcome.summary_ok
+    assert (outcome.succeeded, outcome.failed) == (3, 1)
+    failed = [row for row in outcome.table if not row["success"]]
+    assert [row["segment_id"] for row in failed] == ["data-platform-teams"]
+    assert "HTTP 400" in failed[0]["error"] and "openai/gpt-4o-mini" in failed[0]["error"]
+
+    # Retry just that partition, then the summary: now every segment is in.
+    instance = DagsterInstance.get()
+    openai_server.script(text(icp_json()), text(summary_json(KEYS)))
+    assert execute_one(defs.resolve_job_def("segment_icp_job"), "acme|data-platform-teams", instance, {})[0]
+    assert execute_one(defs.resolve_job_def("site_summary_job"), "acme", instance, {})[0]
+    with session_scope(site) as session:
+        assert all(r.success for r in session.scalars(sa.select(SegmentResult)))
+
+
+def test_every_segment_failing_fails_the_summary_with_the_errors(site, openai_server) -> None:
+    openai_server.script(text(segments_json()), *[status(403)] * 4)
+    outcome = build_site("acme", OPENAI, workers=2, progress=False, defs=live_defs(site))
+    assert not outcome.summary_ok
+    assert (outcome.succeeded, outcome.failed) == (0, 4)
+    assert "no segment succeeded" in outcome.message
+    for key in KEYS:
+        assert key in outcome.message
+    assert outcome.message.count("HTTP 403") == 4
+
+
+def test_invalid_model_output_fails_that_segment_and_keeps_the_raw_text(site, openai_server) -> None:
+    openai_server.script(text(segments_json()), text("Here is your ICP!"), text("{not json"))
+    outcome = build_site(
+        "acme", OPENAI, segment_ids=["data-platform-teams"], workers=1, progress=False, defs=live_defs(site)
+    )
+    assert (outcome.succeeded, outcome.failed) == (0, 1)
+    with session_scope(site) as session:
+        result = session.scalars(sa.select(SegmentResult)).one()
+        assert not result.success
+        assert result.raw_output_text == "{not json"
+        assert "invalid structured output" in result.error
+
+
+def test_pool_cap_holds_across_segment_runs(site, openai_server) -> None:
+    many = ["Startups", "Agencies", "Retailers", "Banks", "Schools", "Hospitals", "Studios"]
+    keys = ["data-platform-teams", *(n.lower() for n in many)]
+    openai_server.script(
+        text(json.dumps({"segments": [{"name": n, "description": "d", "why_it_fits": "w"} for n in many]})),
+        *[text(icp_json())] * 8,
+        text(summary_json(keys)),
+    )
+    openai_server.latency = 0.6
+    outcome = build_site("acme", OPENAI, workers=6, progress=False, defs=live_defs(site))
+    assert (outcome.succeeded, outcome.failed) == (8, 0)
+    assert outcome.summary_ok, outcome.message
+    assert openai_server.max_concurrent == 3
+
+
+def test_pacing_spaces_segment_builds(site: str) -> None:
+    import time
+
+    started = time.monotonic()
+    outcome = build_site(
+        "acme",
+        BuildOptions("offline", "synthetic", pacing_seconds=0.4),
+        workers=3,
+        progress=False,
+        defs=pipeline_defs(site),
+    )
+    assert outcome.succeeded == 5
+    # With pacing the five builds run one after another, each after its wait.
+    assert time.monotonic() - started >= 5 * 0.4
+    completed = sorted(row["completed_at"] for row in outcome.table)
+    assert len(set(completed)) == 5
