@@ -355,3 +355,41 @@ def summary_markdown(table: list[dict[str, Any]]) -> str:
             f"{row['completed_at'] or '–'} | {error} |"
         )
     return "\n".join(lines)
+
+
+def desired_site_partitions(session: Session) -> tuple[set[str], set[str]]:
+    """(site ids, partition keys of every active segment)."""
+    sites = set(session.scalars(select(Site.id)))
+    segments = set(session.scalars(select(Segment.partition_key).where(Segment.active)))
+    return sites, segments
+
+
+def unbuilt_segments(session: Session) -> list[str]:
+    """Active segments that have never been built: they get their first run."""
+    built = select(SegmentResult.segment_id)
+    return list(
+        session.scalars(select(Segment.partition_key).where(Segment.active, Segment.id.not_in(built)))
+    )
+
+
+def sites_ready_for_summary(session: Session) -> list[tuple[str, str]]:
+    """(site id, marker) for sites whose every active segment has a result newer than their summary.
+    The marker (the newest result time) makes one summary request per state of the segments."""
+    ready = []
+    for site_id in session.scalars(select(Site.id)):
+        segments = active_segments(session, site_id)
+        if not segments:
+            continue
+        results = {
+            r.segment_id: r
+            for r in session.scalars(
+                select(SegmentResult).where(SegmentResult.segment_id.in_([s.id for s in segments]))
+            )
+        }
+        if len(results) < len(segments):
+            continue
+        newest = max(r.completed_at for r in results.values())
+        summary = session.scalars(select(SiteSummary).where(SiteSummary.site_id == site_id)).first()
+        if summary is None or summary.generated_at.replace(tzinfo=None) < newest.replace(tzinfo=None):
+            ready.append((site_id, newest.isoformat()))
+    return ready

@@ -149,3 +149,24 @@ def cycles_ready_for_rollup(session: Session) -> list[Cycle]:
     return list(
         session.scalars(select(Cycle).where(Cycle.status != "running", Cycle.rollup_requested_at.is_(None)))
     )
+
+
+def desired_org_partitions(session: Session) -> tuple[set[str], set[str]]:
+    """(org ids, question-run keys of every active combination) as the app database has them."""
+    orgs = set(session.scalars(select(Org.id)))
+    keys: set[str] = set()
+    for org_id in orgs:
+        keys.update(key for key, *_ in combinations(session, org_id))
+    return orgs, keys
+
+
+def pending_items(session: Session) -> list[tuple[int, str]]:
+    """(cycle id, partition key) of every item of a running cycle that has not started yet."""
+    return list(
+        session.execute(
+            select(CycleItem.cycle_id, CycleItem.partition_key)
+            .join(Cycle, Cycle.id == CycleItem.cycle_id)
+            .where(Cycle.status == "running", CycleItem.status == "pending")
+            .distinct()
+        ).tuples()
+    )

@@ -14,6 +14,7 @@ from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.providers.resilience import backoff_seconds
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.analytics import analytics_markdown
+from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
 from icp_pipeline.visibility.push import PushFailed, push_snapshot
 
 QUESTION_RUNS_GROUP = "question_runs"
@@ -195,6 +196,23 @@ def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) 
     )
 
 
+@dg.asset(
+    partitions_def=orgs_partitions,
+    group_name=ORG_GROUP,
+    description="Opens the org's next cycle (one item per question x model x location), or reports the open one.",
+    kinds={"python", "sql"},
+)
+def org_cycle(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with session_scope(app_db.resolved_url) as session:
+        try:
+            cycle, created = open_cycle(session, context.partition_key)
+        except UnknownOrg as error:
+            raise dg.Failure(str(error), allow_retries=False) from error
+        metadata = {"cycle_id": cycle.id, "created": created, "items": cycle.total, "status": cycle.status}
+    # The partition-sync sensor registers the cycle's question-run partitions and requests their runs.
+    return dg.MaterializeResult(metadata=metadata)
+
+
 # Org roll-ups read every question run of their org from the database; the mapping tells Dagster
 # that one org partition depends on many question-run partitions.
 _ALL_QUESTION_RUNS = dg.AllPartitionMapping()
@@ -284,3 +302,4 @@ def analytics_push(
 
 question_run_assets = [ai_answer, question_run, run_mentions, run_citations, run_claims, competitive_metrics]
 org_assets = [latest_runs, org_analytics, analytics_push]
+cycle_assets = [org_cycle]

@@ -1,0 +1,96 @@
+"""Sensors that keep Dagster in step with the app database, and report failed runs."""
+
+import json
+import os
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.resources import AppDatabase
+from icp_pipeline.defs.segments.jobs import segment_icp_job, site_summary_job
+from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
+from icp_pipeline.defs.visibility.jobs import question_run_job
+from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
+from icp_pipeline.segments.steps import desired_site_partitions, sites_ready_for_summary, unbuilt_segments
+from icp_pipeline.settings import redact_url
+from icp_pipeline.visibility.cycles import desired_org_partitions, pending_items
+
+
+def partition_diff(
+    instance: dg.DagsterInstance, definition: dg.DynamicPartitionsDefinition, desired: set[str]
+) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
+    """At most one add and one delete request: a set difference, cheap even with 100,000 keys."""
+    existing = set(instance.get_dynamic_partitions(definition.name))
+    requests: list = []
+    if added := sorted(desired - existing):
+        requests.append(definition.build_add_request(added))
+    if removed := sorted(existing - desired):
+        requests.append(definition.build_delete_request(removed))
+    return requests
+
+
+@dg.sensor(
+    jobs=[question_run_job, segment_icp_job, site_summary_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Keeps dynamic partitions equal to the app database and requests first runs of new work.",
+)
+def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase) -> dg.SensorResult:
+    with session_scope(app_db.resolved_url) as session:
+        orgs, question_runs = desired_org_partitions(session)
+        sites, segments = desired_site_partitions(session)
+        pending = pending_items(session)
+        unbuilt = unbuilt_segments(session)
+        summaries = sites_ready_for_summary(session)
+    partition_requests = [
+        *partition_diff(context.instance, orgs_partitions, orgs),
+        *partition_diff(context.instance, question_runs_partitions, question_runs),
+        *partition_diff(context.instance, sites_partitions, sites),
+        *partition_diff(context.instance, segments_partitions, segments),
+    ]
+    # Run keys make each request once: Dagster skips a run key it has already launched.
+    runs = [
+        dg.RunRequest(
+            job_name=question_run_job.name,
+            partition_key=key,
+            run_key=f"cycle-{cycle_id}-{key}",
+            tags={"icp/cycle_id": str(cycle_id)},
+        )
+        for cycle_id, key in pending
+        if key in question_runs
+    ]
+    runs += [
+        dg.RunRequest(job_name=segment_icp_job.name, partition_key=key, run_key=f"first-build-{key}")
+        for key in unbuilt
+        if key in segments
+    ]
+    runs += [
+        dg.RunRequest(job_name=site_summary_job.name, partition_key=site, run_key=f"summary-{site}-{marker}")
+        for site, marker in summaries
+    ]
+    return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests)
+
+
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records every failed run and posts it to ICP_ALERT_WEBHOOK_URL when set.",
+)
+def run_failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
+    run = context.dagster_run
+    alert = {
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": run.tags.get("dagster/partition"),
+        "error": (context.failure_event.message or "")[:2000],
+        "failed_at": datetime.now(UTC).isoformat(),
+    }
+    context.log.error(f"run failed: {json.dumps(alert)}")
+    url = os.environ.get("ICP_ALERT_WEBHOOK_URL")
+    if url:
+        import httpx
+
+        try:
+            httpx.post(url, json=alert, timeout=10).raise_for_status()
+        except httpx.HTTPError as error:
+            context.log.warning(f"alert to {redact_url(url)} failed: {type(error).__name__}")

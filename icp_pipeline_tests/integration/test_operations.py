@@ -1,0 +1,112 @@
+"""Sensors and schedules evaluated against a real instance and the app database."""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import yaml
+
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
+from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_failure_alert_sensor
+from icp_pipeline.defs.resources import AppDatabase
+from icp_pipeline.segments.site_file import parse_site_file, upsert_site
+from icp_pipeline.visibility.cycles import open_cycle
+from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
+from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.integration.test_segments import EXAMPLE_SITE
+from icp_pipeline_tests.support.pipeline import pipeline_defs
+from icp_pipeline_tests.support.webhook import WebhookReceiver
+
+
+def _tick(instance: dg.DagsterInstance, db_url: str) -> dg.SensorResult:
+    context = dg.build_sensor_context(
+        instance=instance, definitions=pipeline_defs(db_url), resources={"app_db": AppDatabase(url=db_url)}
+    )
+    return partition_sync_sensor(context)
+
+
+def _apply(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
+    for request in result.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def test_sync_sensor_mirrors_the_database_and_requests_first_runs(sqlite_app: str) -> None:
+    with session_scope(sqlite_app) as session:
+        upsert_site(session, parse_site_file(EXAMPLE_SITE))
+        cycle, _ = open_cycle(session, "acme")
+        cycle_id = cycle.id
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, sqlite_app)
+        added = {r.partitions_def_name: len(r.partition_keys) for r in first.dynamic_partitions_requests}
+        assert added == {"orgs": 1, "question_runs": 45, "sites": 1, "segments": 1}
+        jobs = sorted({r.job_name for r in first.run_requests})
+        assert jobs == ["question_run_job", "segment_icp_job"]
+        question_runs = [r for r in first.run_requests if r.job_name == "question_run_job"]
+        assert len(question_runs) == 45
+        assert all(r.run_key.startswith(f"cycle-{cycle_id}-") for r in question_runs)
+        _apply(instance, first)
+
+        # In step: nothing to add or remove; the same run keys (Dagster launches a run key once).
+        second = _tick(instance, sqlite_app)
+        assert second.dynamic_partitions_requests == []
+        assert {r.run_key for r in second.run_requests} == {r.run_key for r in first.run_requests}
+
+        # A question removed from the org file: its 9 partitions go in one delete request.
+        spec = yaml.safe_load(EXAMPLE_ORG.read_text())
+        spec["questions"] = spec["questions"][1:]
+        with session_scope(sqlite_app) as session:
+            upsert_org(session, parse_org_text(yaml.safe_dump(spec)))
+        third = _tick(instance, sqlite_app)
+        assert [
+            (type(r).__name__, r.partitions_def_name, len(r.partition_keys))
+            for r in third.dynamic_partitions_requests
+        ] == [("DeleteDynamicPartitionsRequest", "question_runs", 9)]
+
+
+def test_schedules_request_one_run_per_org_and_site_with_explicit_time_zone(sqlite_app: str) -> None:
+    with session_scope(sqlite_app) as session:
+        upsert_site(session, parse_site_file(EXAMPLE_SITE))
+    when = datetime(2026, 11, 23, 6, 0, tzinfo=ZoneInfo("UTC"))
+    resources = {"app_db": AppDatabase(url=sqlite_app)}
+    daily = daily_org_cycle_schedule(
+        dg.build_schedule_context(scheduled_execution_time=when, resources=resources)
+    )
+    assert [(r.partition_key, r.run_key) for r in daily] == [("acme", "cycle-acme-2026-11-23")]
+    weekly = weekly_icp_refresh_schedule(
+        dg.build_schedule_context(scheduled_execution_time=when, resources=resources)
+    )
+    assert [(r.partition_key, r.run_key) for r in weekly] == [("acme", "refresh-acme-2026-W48")]
+    assert weekly[0].run_config["ops"]["site_segments"]["config"]["rebuild"] is True
+    assert daily_org_cycle_schedule.execution_timezone == "UTC"
+    assert daily_org_cycle_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_run_failure_sensor_posts_an_alert(monkeypatch) -> None:
+    @dg.op
+    def explode() -> None:
+        raise RuntimeError("model provider down")
+
+    @dg.job
+    def broken() -> None:
+        explode()
+
+    with dg.instance_for_test() as instance, WebhookReceiver() as hook:
+        monkeypatch.setenv("ICP_ALERT_WEBHOOK_URL", hook.url)
+        result = broken.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name=run_failure_alert_sensor.name,
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        run_failure_alert_sensor(context)
+        assert len(hook.requests) == 1
+        alert = hook.requests[0].json
+        assert alert["run_id"] == result.run_id and alert["job"] == "broken"
