@@ -73,6 +73,22 @@ def cmd_org_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_org_keys(args: argparse.Namespace) -> int:
+    """The org's question-run partition keys, for `dagster asset materialize --partition KEY`."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.cycles import UnknownOrg, combinations, require_org
+
+    ensure_schema()
+    with session_scope() as session:
+        try:
+            require_org(session, args.org)
+        except UnknownOrg as error:
+            return _fail(str(error))
+        for key, *_ in combinations(session, args.org):
+            print(key)
+    return 0
+
+
 def cmd_org_report(args: argparse.Namespace) -> int:
     from icp_pipeline.db.session import ensure_schema, session_scope
     from icp_pipeline.visibility.steps import latest_snapshot
@@ -178,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=3, help="question runs executed at once (default 3)")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_org_run)
+    keys = org.add_parser("keys", help="print the org's question-run partition keys")
+    keys.add_argument("org")
+    keys.set_defaults(func=cmd_org_keys)
     report = org.add_parser("report", help="print the latest analytics")
     report.add_argument("org")
     report.add_argument("--json", action="store_true")
