@@ -4,13 +4,13 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_text
 from icp_pipeline.db.models import Segment, Site
 from icp_pipeline.segments.keys import segment_partition_key
 
@@ -66,42 +66,16 @@ class SiteSpec(_Strict):
         return self
 
 
-class SiteFileError(ValueError):
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"{source}: invalid site file\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(file)"
+class SiteFileError(ConfigFileError):
+    kind = "site file"
 
 
 def parse_site_text(text: str, source: str = "<site file>") -> SiteSpec:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SiteFileError(source, [f"(file): not valid YAML: {exc}"]) from None
-    if not isinstance(data, dict):
-        raise SiteFileError(source, ["(file): expected a mapping with id, name, url, description"])
-    try:
-        return SiteSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = [
-            f"{_path(e['loc'])}: {'missing required field' if e['type'] == 'missing' else e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        ]
-        raise SiteFileError(source, problems) from None
+    return parse_yaml_model(text, source, SiteSpec, SiteFileError, "id, name, url, description")
 
 
 def parse_site_file(path: Path) -> SiteSpec:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SiteFileError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
-    return parse_site_text(text, str(path))
+    return parse_site_text(read_text(path, SiteFileError), str(path))
 
 
 def upsert_site(session: Session, spec: SiteSpec) -> dict[str, int]:

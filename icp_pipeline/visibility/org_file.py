@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_text
 from icp_pipeline.db.models import Company, Org, OrgLocation, OrgModel, Question
 from icp_pipeline.visibility.countries import ISO_COUNTRY_CODES
 from icp_pipeline.visibility.keys import model_slug, question_key
@@ -131,58 +131,23 @@ class OrgSpec(_Strict):
         return [q for q in self.questions if isinstance(q, QuestionSpec)]
 
 
-class OrgFileError(ValueError):
-    """A bad org file; the message names the file and each offending field."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"{source}: invalid org file\n" + "\n".join(f"  - {p}" for p in problems))
+class OrgFileError(ConfigFileError):
+    kind = "org file"
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("str", "constrained-str", "QuestionSpec") or str(part).startswith(
-            ("literal[", "function-")
-        ):
-            continue  # pydantic's union-branch labels are noise to a reader
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "(file)"
+def _describe(error: dict[str, Any]) -> str | None:
+    if error["type"] == "literal_error" and error["loc"][-1] == "provider":
+        return f"unknown provider {error['input']!r}; expected one of {', '.join(PROVIDERS)}"
+    return None
 
 
 def parse_org_text(text: str, source: str = "<org file>") -> OrgSpec:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise OrgFileError(source, [f"(file): not valid YAML: {exc}"]) from None
-    if not isinstance(data, dict):
-        raise OrgFileError(
-            source, ["(file): expected a mapping with id, name, target, models, locations, questions"]
-        )
-    try:
-        return OrgSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "literal_error" and error["loc"][-1] == "provider":
-                message = f"unknown provider {error['input']!r}; expected one of {', '.join(PROVIDERS)}"
-            elif error["type"] == "missing":
-                message = "missing required field"
-            problems.append(f"{_field_path(error['loc'])}: {message}")
-        # A question given as a string fails both union branches; report it once.
-        raise OrgFileError(source, sorted(set(problems), key=problems.index)) from None
+    expected = "id, name, target, models, locations, questions"
+    return parse_yaml_model(text, source, OrgSpec, OrgFileError, expected, _describe)
 
 
 def parse_org_file(path: Path) -> OrgSpec:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise OrgFileError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
-    return parse_org_text(text, str(path))
+    return parse_org_text(read_text(path, OrgFileError), str(path))
 
 
 def config_sha256(spec: OrgSpec) -> str:

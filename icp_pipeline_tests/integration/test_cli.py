@@ -97,3 +97,21 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     payload = json.loads(report.stdout)
     assert payload["runs"] == {"total": 45, "completed": 45, "failed": 0}
     assert payload == json.loads((icp_env / "outbox" / "acme" / "cycle-1.json").read_text())
+
+
+def test_bad_site_file_names_the_field_and_writes_nothing(migrated, tmp_path, capsys) -> None:
+    from icp_pipeline.db.models import Site
+
+    data = yaml.safe_load((EXAMPLE_ORG.parent / "acme_site.yaml").read_text())
+    data["url"] = "acme.io"
+    data["segments"].append(dict(data["segments"][0]))
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["site", "load", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid site file" in err and "url: String should match pattern" in err
+    assert count(migrated, Site) == 0
+    data["url"] = "https://acme.io"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["site", "load", str(path)]) == 2
+    assert "duplicate segment id 'data-platform-teams'" in capsys.readouterr().err

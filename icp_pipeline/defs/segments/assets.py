@@ -1,20 +1,19 @@
 """ICP segment assets: site -> general segments -> one ICP build per segment partition -> site summary."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource
+from icp_pipeline.defs.retries import MODEL_RETRY, is_last_attempt, retry_provider_error
 from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
 from icp_pipeline.providers.base import ProviderError
-from icp_pipeline.providers.resilience import backoff_seconds
 from icp_pipeline.segments import steps
 from icp_pipeline.segments.steps import BuildOptions
 
 GROUP = "icp_segments"
-MODEL_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
 
 
 class ICPBuildConfig(dg.Config):
@@ -29,11 +28,18 @@ class ICPBuildConfig(dg.Config):
         return BuildOptions(self.provider, self.model, self.rebuild, self.pacing_seconds)
 
 
-def _raise_for_dagster(context: dg.AssetExecutionContext, error: ProviderError) -> None:
-    if error.retryable and context.retry_number < MODEL_RETRY.max_retries:
-        wait = error.retry_after if error.retry_after is not None else backoff_seconds(context.retry_number)
-        raise dg.RetryRequested(max_retries=MODEL_RETRY.max_retries, seconds_to_wait=wait) from error
-    raise dg.Failure(description=str(error), allow_retries=False) from error
+@contextmanager
+def segment_step(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """Transient provider errors are retried; the rest fail the step at once with their message
+    (the result, with its error and any raw output, is already stored)."""
+    try:
+        yield
+    except ProviderError as error:
+        if error.retryable and not is_last_attempt(context, MODEL_RETRY):
+            retry_provider_error(context, error, MODEL_RETRY)
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+    except (LookupError, steps.SummaryFailed) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
 
 
 @dg.asset(
@@ -50,14 +56,10 @@ def site_segments(
     app_db: AppDatabase,
     models: ModelProviderResource,
 ) -> dg.MaterializeResult:
-    try:
+    with segment_step(context):
         summary = steps.discover_segments(
             app_db.resolved_url, context.partition_key, models.provider_for, config.options()
         )
-    except ProviderError as error:
-        _raise_for_dagster(context, error)
-    except steps.UnknownSite as error:
-        raise dg.Failure(str(error), allow_retries=False) from error
     new_keys = [
         k for k in summary["partition_keys"] if not context.instance.has_dynamic_partition("segments", k)
     ]
@@ -89,14 +91,10 @@ def segment_icp(
     app_db: AppDatabase,
     models: ModelProviderResource,
 ) -> dg.MaterializeResult:
-    try:
+    with segment_step(context):
         summary = steps.build_segment(
             app_db.resolved_url, context.partition_key, models.provider_for, config.options()
         )
-    except ProviderError as error:
-        _raise_for_dagster(context, error)
-    except LookupError as error:
-        raise dg.Failure(str(error), allow_retries=False) from error
     metadata = {
         "segment": summary["segment"],
         "reused": summary["reused"],
@@ -125,14 +123,10 @@ def site_icp_summary(
     app_db: AppDatabase,
     models: ModelProviderResource,
 ) -> dg.MaterializeResult:
-    try:
+    with segment_step(context):
         summary = steps.summarize_site(
             app_db.resolved_url, context.partition_key, models.provider_for, config.options()
         )
-    except steps.SummaryFailed as error:
-        raise dg.Failure(str(error), allow_retries=False) from error
-    except ProviderError as error:
-        _raise_for_dagster(context, error)
     ranking = summary["comparison"]["ranking"]
     metadata = {
         "segments_succeeded": summary["succeeded"],

@@ -9,9 +9,9 @@ import dagster as dg
 
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource, PushResource
+from icp_pipeline.defs.retries import DB_RETRY, MODEL_RETRY, is_last_attempt, retry_provider_error
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.providers.base import ProviderError
-from icp_pipeline.providers.resilience import backoff_seconds
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.analytics import analytics_markdown
 from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
@@ -19,12 +19,6 @@ from icp_pipeline.visibility.push import PushFailed, push_snapshot
 
 QUESTION_RUNS_GROUP = "question_runs"
 ORG_GROUP = "org_rollups"
-
-# Transient provider and database errors are retried; permanent ones raise Failure(allow_retries=False).
-MODEL_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
-DB_RETRY = dg.RetryPolicy(max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def _metadata(values: dict[str, Any]) -> dict[str, Any]:
@@ -46,18 +40,13 @@ def question_run_step(
             retryable = error.retryable
         else:
             retryable = not isinstance(error, steps.StepError | LookupError)
-        last_attempt = context.retry_number >= policy.max_retries
-        if not retryable or last_attempt:
+        if not retryable or is_last_attempt(context, policy):
             steps.fail_partition(app_db.resolved_url, context.partition_key, step, str(error))
             raise dg.Failure(
                 description=f"{step} failed for {context.partition_key}: {error}", allow_retries=False
             ) from error
         if isinstance(error, ProviderError):
-            wait = (
-                error.retry_after if error.retry_after is not None else backoff_seconds(context.retry_number)
-            )
-            context.log.warning(f"{step}: {error}; retrying in {wait:.1f}s")
-            raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
+            retry_provider_error(context, error, policy)
         raise
 
 
