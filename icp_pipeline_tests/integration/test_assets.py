@@ -157,10 +157,21 @@ def test_invalid_structured_output_fails_the_step_and_keeps_the_raw_text(
         assert all(c.output_text.startswith("Sure!") for c in claims_calls)
 
 
-def test_every_asset_declares_group_kinds_description_and_pools() -> None:
-    for asset in ALL_ASSETS:
+def test_every_asset_declares_group_kinds_description_and_pools(sqlite_app: str) -> None:
+    from icp_pipeline_tests.support.pipeline import pipeline_defs
+
+    assets = list(pipeline_defs(sqlite_app).assets)
+    assert len(assets) == 13
+    for asset in assets:
         spec = next(iter(asset.specs))
-        assert spec.group_name in ("question_runs", "org_rollups")
+        assert spec.group_name in ("question_runs", "org_rollups", "icp_segments")
         assert spec.kinds and spec.description
-    pools = {next(iter(a.specs)).key.path[-1]: a.op.pool for a in ALL_ASSETS}
-    assert {name for name, pool in pools.items() if pool == "llm"} == {"ai_answer", "run_claims"}
+    pools = {next(iter(a.specs)).key.path[-1]: a.op.pool for a in assets}
+    # Exactly the assets that call a model are in the pool.
+    assert {name for name, pool in pools.items() if pool == "llm"} == {
+        "ai_answer",
+        "run_claims",
+        "site_segments",
+        "segment_icp",
+        "site_icp_summary",
+    }

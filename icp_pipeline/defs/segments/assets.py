@@ -1,8 +1,9 @@
 """ICP segment assets: site -> general segments -> one ICP build per segment partition -> site summary."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 
@@ -42,13 +43,22 @@ def segment_step(context: dg.AssetExecutionContext) -> Iterator[None]:
         raise dg.Failure(description=str(error), allow_retries=False) from error
 
 
-@dg.asset(
-    partitions_def=sites_partitions,
-    group_name=GROUP,
-    kinds={"python", "llm"},
-    pool=LLM_POOL,
-    retry_policy=MODEL_RETRY,
-    description="Asks the model for the site's general audience segments, keeps imported ones, registers one partition each.",
+def _icp_asset(partitions_def: dg.DynamicPartitionsDefinition, description: str, **kwargs: Any) -> Callable:
+    """Every ICP asset calls a model: pool `llm`, model retries, the same group and kinds."""
+    return dg.asset(
+        partitions_def=partitions_def,
+        group_name=GROUP,
+        kinds={"python", "llm"},
+        pool=LLM_POOL,
+        retry_policy=MODEL_RETRY,
+        description=description,
+        **kwargs,
+    )
+
+
+@_icp_asset(
+    sites_partitions,
+    "Asks the model for the site's general audience segments, keeps imported ones, registers one partition each.",
 )
 def site_segments(
     context: dg.AssetExecutionContext,
@@ -77,13 +87,9 @@ def site_segments(
     )
 
 
-@dg.asset(
-    partitions_def=segments_partitions,
-    group_name=GROUP,
-    kinds={"python", "llm"},
-    pool=LLM_POOL,
-    retry_policy=MODEL_RETRY,
-    description="Builds one segment's Ideal Customer Profile and how well the site serves it (structured output).",
+@_icp_asset(
+    segments_partitions,
+    "Builds one segment's Ideal Customer Profile and how well the site serves it (structured output).",
 )
 def segment_icp(
     context: dg.AssetExecutionContext,
@@ -109,13 +115,10 @@ def segment_icp(
     return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
 
 
-@dg.asset(
-    partitions_def=sites_partitions,
-    group_name=GROUP,
-    kinds={"python", "llm"},
-    pool=LLM_POOL,
+@_icp_asset(
+    sites_partitions,
+    "Compares the segments that succeeded (ranking, overlaps); succeeds when at least one did.",
     deps=[site_segments, dg.AssetDep(segment_icp, partition_mapping=dg.AllPartitionMapping())],
-    description="Compares the segments that succeeded (ranking, overlaps); succeeds when at least one did.",
 )
 def site_icp_summary(
     context: dg.AssetExecutionContext,
