@@ -191,7 +191,7 @@ def test_pool_cap_holds_across_segment_runs(site, openai_server) -> None:
         *[text(icp_json())] * 8,
         text(summary_json(keys)),
     )
-    openai_server.latency = 0.6
+    openai_server.latency = 1.5  # long enough that three builds are surely in their model call at once
     outcome = build_site("acme", OPENAI, workers=6, progress=False, defs=live_defs(site))
     assert (outcome.succeeded, outcome.failed) == (8, 0)
     assert outcome.summary_ok, outcome.message
