@@ -5,6 +5,7 @@ Imports are lazy: `org load` or `org report` never pay for Dagster or the provid
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -236,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -n 1`): not an error; keep Python quiet at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

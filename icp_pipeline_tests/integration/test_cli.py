@@ -115,3 +115,20 @@ def test_bad_site_file_names_the_field_and_writes_nothing(migrated, tmp_path, ca
     path.write_text(yaml.safe_dump(data))
     assert main(["site", "load", str(path)]) == 2
     assert "duplicate segment id 'data-platform-teams'" in capsys.readouterr().err
+
+
+def test_org_keys_lists_partitions_and_survives_a_closed_pipe(migrated, icp_env: Path) -> None:
+    assert main(["org", "load", str(EXAMPLE_ORG)]) == 0
+    env = {**os.environ, "ICP_HOME": str(icp_env)}
+    out = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m icp_pipeline.cli.main org keys acme | head -n 1",
+        shell=True,
+        executable="/bin/bash",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1 and out.stdout.startswith("acme|q-")
+    assert "BrokenPipe" not in out.stderr
