@@ -175,3 +175,14 @@ def test_every_asset_declares_group_kinds_description_and_pools(sqlite_app: str)
         "segment_icp",
         "site_icp_summary",
     }
+
+
+def test_a_partition_without_a_cycle_fails_with_what_to_do(sqlite_app, instance) -> None:
+    key = "acme|q-000000|openai-gpt-4o-mini|US"
+    instance.add_dynamic_partitions("question_runs", [key])
+    result = _materialize(QUESTION_RUN_ASSETS, key, instance, sqlite_app)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "ai_answer"
+    assert "icp-pipeline org run ORG" in failure.event_specific_data.error.message
+    assert count(sqlite_app, ModelCall) == 0

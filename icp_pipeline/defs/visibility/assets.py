@@ -2,7 +2,7 @@
 Per org: latest flags -> analytics -> push. State passes through the app database, never pickles."""
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import dagster as dg
@@ -41,7 +41,8 @@ def question_run_step(
         else:
             retryable = not isinstance(error, steps.StepError | LookupError)
         if not retryable or is_last_attempt(context, policy):
-            steps.fail_partition(app_db.resolved_url, context.partition_key, step, str(error))
+            with suppress(LookupError):  # a partition with no cycle has no item to mark
+                steps.fail_partition(app_db.resolved_url, context.partition_key, step, str(error))
             raise dg.Failure(
                 description=f"{step} failed for {context.partition_key}: {error}", allow_retries=False
             ) from error
