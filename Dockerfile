@@ -16,7 +16,7 @@ COPY icp_pipeline ./icp_pipeline
 RUN pip install --no-cache-dir .
 COPY dagster.yaml workspace.yaml /opt/dagster/home/
 
-USER icp
+USER 10001
 EXPOSE 3000 4000
 # Roles: `dagster-webserver -h 0.0.0.0 -p 3000 -w /opt/dagster/home/workspace.yaml`,
 #        `dagster-daemon run -w /opt/dagster/home/workspace.yaml`,
