@@ -1,11 +1,22 @@
 """The model-call ledger: every call is written the moment it returns, paid or failed."""
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import ModelCall
-from icp_pipeline.providers.base import ModelRequest, ModelResponse
+from icp_pipeline.db.session import session_scope
+from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, ProviderFor
+from icp_pipeline.providers.structured import complete_structured
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class _Costed(Protocol):
+    cost_usd: float | None
 
 
 def record_call(
@@ -76,3 +87,37 @@ def record_failed_call(
             finished_at=datetime.now(UTC),
         )
     )
+
+
+def total_cost(rows: Iterable[_Costed]) -> float | None:
+    """The summed cost of calls or runs; unknown (None) as soon as one of them is unknown."""
+    costs = [row.cost_usd for row in rows]
+    return None if any(cost is None for cost in costs) else round(sum(costs), 8)
+
+
+def buy_structured(
+    db_url: str,
+    purpose: str,
+    request: ModelRequest,
+    schema: type[T],
+    provider_for: ProviderFor,
+    context: dict[str, Any] | None = None,
+    **owner: Any,
+) -> tuple[T, list[ModelCall]]:
+    """One structured-output purchase (with its one repair). Every reply is in the ledger before it
+    is validated; a failed call is recorded too. `owner` is cycle_item_id, site_id or segment_id."""
+    calls: list[ModelCall] = []
+
+    def record(response: ModelResponse) -> None:
+        with session_scope(db_url) as session:
+            calls.append(record_call(session, purpose, request, response, **owner))
+
+    started = datetime.now(UTC)
+    try:
+        provider = provider_for(request.provider, request.model)
+        return complete_structured(provider, request, schema, record, context), calls
+    except ProviderError as error:
+        if error.raw_text is None:  # the call failed; an invalid reply is already in the ledger
+            with session_scope(db_url) as session:
+                record_failed_call(session, purpose, request, error, started, **owner)
+        raise

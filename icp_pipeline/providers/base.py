@@ -1,5 +1,6 @@
 """What every provider adapter takes and returns."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,3 +76,6 @@ class ModelProvider(Protocol):
     name: str
 
     def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+
+ProviderFor = Callable[[str, str], ModelProvider]  # (provider, model) -> adapter

@@ -5,7 +5,6 @@ successful build is stored is not built again unless a rebuild is asked for.
 """
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,15 +14,12 @@ from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import ModelCall, Segment, SegmentResult, Site, SiteSummary
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.ledger import record_call, record_failed_call
-from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.ledger import buy_structured, total_cost
+from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
-from icp_pipeline.providers.structured import complete_structured
 from icp_pipeline.segments.keys import segment_partition_key, slugify
 from icp_pipeline.segments.prompts import SYSTEM, comparison_prompt, icp_prompt, segments_prompt
 from icp_pipeline.segments.schemas import SegmentICP, SegmentList, SiteComparison
-
-ProviderFor = Callable[[str, str], ModelProvider]
 
 
 @dataclass(frozen=True)
@@ -57,38 +53,6 @@ def active_segments(session: Session, site_id: str) -> list[Segment]:
     )
 
 
-def _structured_call(
-    db_url: str,
-    purpose: str,
-    request: ModelRequest,
-    schema: type,
-    provider_for: ProviderFor,
-    context: dict[str, Any] | None = None,
-    *,
-    site_id: str,
-    segment_id: int | None = None,
-) -> tuple[Any, list[ModelCall]]:
-    calls: list[ModelCall] = []
-
-    def record(response: ModelResponse) -> None:
-        with session_scope(db_url) as session:
-            calls.append(
-                record_call(session, purpose, request, response, site_id=site_id, segment_id=segment_id)
-            )
-
-    started = datetime.now(UTC)
-    try:
-        provider = provider_for(request.provider, request.model)
-        return complete_structured(provider, request, schema, record, context), calls
-    except ProviderError as error:
-        if error.raw_text is None:  # the call failed; an invalid reply is already in the ledger
-            with session_scope(db_url) as session:
-                record_failed_call(
-                    session, purpose, request, error, started, site_id=site_id, segment_id=segment_id
-                )
-        raise
-
-
 def _request(options: BuildOptions, purpose: str, prompt: str, hints: dict[str, Any]) -> ModelRequest:
     return ModelRequest(
         provider=options.provider,
@@ -117,7 +81,7 @@ def discover_segments(
             request = _request(options, "segments", segments_prompt(site, imported), {"site": site.name})
     bought = 0
     if request is not None:
-        result, calls = _structured_call(
+        result, calls = buy_structured(
             db_url, "segments", request, SegmentList, provider_for, site_id=site_id
         )
         bought = len(calls)
@@ -186,30 +150,26 @@ def build_segment(
         time.sleep(options.pacing_seconds)  # spares the provider between segment builds
     started = time.monotonic()
     try:
-        result, calls = _structured_call(
+        result, calls = buy_structured(
             db_url, "icp", request, SegmentICP, provider_for, site_id=site_id, segment_id=segment_id
         )
     except ProviderError as error:
         _store_result(db_url, segment_id, options, started, error=str(error), raw_text=error.raw_text)
         raise
-    last = calls[-1]
     _store_result(db_url, segment_id, options, started, result=result, calls=calls)
     return {
         "reused": False,
         "success": True,
         "execution_ms": int((time.monotonic() - started) * 1000),
-        "cost_usd": _sum_cost(calls),
+        "cost_usd": total_cost(calls),
         "segment": name,
         "confidence": result.profile.confidence,
         "fit_score": result.analysis.fit_score,
-        "input_tokens": last.input_tokens,
-        "output_tokens": last.output_tokens,
-        "synthetic": last.synthetic,
+        # A repair attempt is paid too: tokens are summed as in the stored result.
+        "input_tokens": sum(c.input_tokens or 0 for c in calls),
+        "output_tokens": sum(c.output_tokens or 0 for c in calls),
+        "synthetic": any(c.synthetic for c in calls),
     }
-
-
-def _sum_cost(calls: list[ModelCall]) -> float | None:
-    return None if any(c.cost_usd is None for c in calls) else round(sum(c.cost_usd for c in calls), 8)
 
 
 def _store_result(
@@ -236,7 +196,7 @@ def _store_result(
         row.synthetic = any(c.synthetic for c in calls)
         row.input_tokens = sum(c.input_tokens or 0 for c in calls) if calls else None
         row.output_tokens = sum(c.output_tokens or 0 for c in calls) if calls else None
-        row.cost_usd = _sum_cost(list(calls)) if calls else None
+        row.cost_usd = total_cost(calls) if calls else None
         row.execution_ms = int((time.monotonic() - started) * 1000)
         row.completed_at = datetime.now(UTC)
         session.add(row)
@@ -294,7 +254,7 @@ def summarize_site(
         _store_summary(db_url, site_id, table, options, error=f"no segment succeeded ({errors})")
         raise SummaryFailed(f"site {site_id}: no segment succeeded: {errors}")
     try:
-        comparison, calls = _structured_call(
+        comparison, calls = buy_structured(
             db_url,
             "site_summary",
             request,
@@ -313,7 +273,7 @@ def summarize_site(
         "succeeded": len(succeeded),
         "failed": len(table) - len(succeeded),
         "synthetic": any(c.synthetic for c in calls),
-        "cost_usd": _sum_cost(calls),
+        "cost_usd": total_cost(calls),
     }
 
 
@@ -336,7 +296,7 @@ def _store_summary(
         row.segments, row.error = table, error
         row.provider, row.model = options.provider, options.model
         row.synthetic = any(c.synthetic for c in calls)
-        row.cost_usd = _sum_cost(list(calls)) if calls else None
+        row.cost_usd = total_cost(calls) if calls else None
         row.generated_at = datetime.now(UTC)
         session.add(row)
 

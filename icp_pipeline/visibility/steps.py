@@ -6,7 +6,6 @@ moment they return, before anything else can fail.
 """
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +28,10 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.ledger import record_call, record_failed_call
-from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.ledger import buy_structured, record_call, record_failed_call, total_cost
+from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.factory import location_in_prompt
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
-from icp_pipeline.providers.structured import complete_structured
 from icp_pipeline.visibility import analytics as analytics_lib
 from icp_pipeline.visibility.citations import CITATIONS_VERSION, extract_citations
 from icp_pipeline.visibility.claims import CLAIMS_VERSION, ClaimExtraction
@@ -41,8 +39,6 @@ from icp_pipeline.visibility.cycles import items_for_partition, latest_cycle, re
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION, CompanyTerms, find_mentions
 from icp_pipeline.visibility.metrics import METRICS_VERSION, compute_run_metrics
 from icp_pipeline.visibility.prompts import ANSWER_SYSTEM, CLAIMS_SYSTEM, answer_prompt, claims_prompt
-
-ProviderFor = Callable[[str, str], ModelProvider]  # (provider, model) -> adapter
 
 
 class StepError(RuntimeError):
@@ -138,9 +134,7 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> d
         "reused": len(reused),
         "input_tokens": sum(c.input_tokens or 0 for c in calls),
         "output_tokens": sum(c.output_tokens or 0 for c in calls),
-        "cost_usd": None
-        if any(c.cost_usd is None for c in calls)
-        else round(sum(c.cost_usd for c in calls), 8),
+        "cost_usd": total_cost(calls),
         "latency_ms": max((c.latency_ms or 0 for c in bought), default=0),
         "response_model": calls[0].response_model if calls else None,
         "synthetic": any(c.synthetic for c in calls),
@@ -196,9 +190,7 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
             "question_run_ids": [r.id for r in runs],
             "input_tokens": sum(r.input_tokens or 0 for r in runs),
             "output_tokens": sum(r.output_tokens or 0 for r in runs),
-            "cost_usd": None
-            if any(r.cost_usd is None for r in runs)
-            else round(sum(r.cost_usd for r in runs), 8),
+            "cost_usd": total_cost(runs),
             "latency_ms": max((r.latency_ms or 0 for r in runs), default=0),
             "synthetic": any(r.synthetic for r in runs),
             "answer_preview": (runs[0].answer_text or "")[:300] if runs else "",
@@ -294,21 +286,13 @@ def _buy_claims(
     request: ModelRequest,
     provider_for: ProviderFor,
     context: dict[str, Any],
-) -> tuple[ClaimExtraction, list[int]]:
-    call_ids: list[int] = []
-
-    def record(response: ModelResponse) -> None:
-        with session_scope(db_url) as session:
-            call_ids.append(record_call(session, "claims", request, response, cycle_item_id=item_id).id)
-
-    started = datetime.now(UTC)
+) -> tuple[ClaimExtraction, list[ModelCall]]:
     try:
-        provider = provider_for(request.provider, request.model)
-        return complete_structured(provider, request, ClaimExtraction, record, context), call_ids
+        return buy_structured(
+            db_url, "claims", request, ClaimExtraction, provider_for, context, cycle_item_id=item_id
+        )
     except ProviderError as error:
         with session_scope(db_url) as session:
-            if error.raw_text is None:  # the call failed; an invalid reply is already in the ledger
-                record_failed_call(session, "claims", request, error, started, cycle_item_id=item_id)
             run = session.get(QuestionRun, run_id)
             run.error = str(error)
             if error.raw_text is not None:
@@ -363,9 +347,9 @@ def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -
                 offline_hints={"answer": answer, "company_names": names, "citations": cited},
                 deadline=time.monotonic() + STEP_BUDGET_SECONDS,
             )
-            extraction, call_ids = _buy_claims(db_url, run_id, item_id, request, provider_for, context)
-            bought += len(call_ids)
-            call_id = call_ids[-1]
+            extraction, calls = _buy_claims(db_url, run_id, item_id, request, provider_for, context)
+            bought += len(calls)
+            call_id = calls[-1].id
         with session_scope(db_url) as session:
             session.execute(delete(Claim).where(Claim.question_run_id == run_id))
             for claim in extraction.claims:

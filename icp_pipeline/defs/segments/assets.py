@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from icp_pipeline.defs.metadata import known
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource
 from icp_pipeline.defs.retries import MODEL_RETRY, is_last_attempt, retry_provider_error
 from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
@@ -70,9 +71,8 @@ def site_segments(
         summary = steps.discover_segments(
             app_db.resolved_url, context.partition_key, models.provider_for, config.options()
         )
-    new_keys = [
-        k for k in summary["partition_keys"] if not context.instance.has_dynamic_partition("segments", k)
-    ]
+    registered = set(context.instance.get_dynamic_partitions(segments_partitions.name))
+    new_keys = [k for k in summary["partition_keys"] if k not in registered]
     if new_keys:
         context.instance.add_dynamic_partitions(segments_partitions.name, new_keys)
     return dg.MaterializeResult(
@@ -112,7 +112,7 @@ def segment_icp(
         "output_tokens": summary.get("output_tokens"),
         "synthetic": summary.get("synthetic"),
     }
-    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+    return dg.MaterializeResult(metadata=known(metadata))
 
 
 @_icp_asset(
@@ -139,7 +139,7 @@ def site_icp_summary(
         "synthetic": summary["synthetic"],
         "segments": dg.MetadataValue.md(steps.summary_markdown(summary["segments"])),
     }
-    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+    return dg.MaterializeResult(metadata=known(metadata))
 
 
 segment_assets = [site_segments, segment_icp, site_icp_summary]

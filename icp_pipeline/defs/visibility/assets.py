@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.metadata import known
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource, PushResource
 from icp_pipeline.defs.retries import DB_RETRY, MODEL_RETRY, is_last_attempt, retry_provider_error
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
@@ -19,11 +20,6 @@ from icp_pipeline.visibility.push import PushFailed, push_snapshot
 
 QUESTION_RUNS_GROUP = "question_runs"
 ORG_GROUP = "org_rollups"
-
-
-def _metadata(values: dict[str, Any]) -> dict[str, Any]:
-    """Drop unknowns: a missing cost stays missing in the UI rather than showing as 0."""
-    return {key: value for key, value in values.items() if value is not None}
 
 
 @contextmanager
@@ -67,7 +63,7 @@ def ai_answer(
     with question_run_step(context, app_db, "ai_answer", MODEL_RETRY):
         summary = steps.buy_answers(app_db.resolved_url, context.partition_key, models.provider_for)
     return dg.MaterializeResult(
-        metadata=_metadata(
+        metadata=known(
             {
                 "answers_bought": summary["bought"],
                 "answers_reused": summary["reused"],
@@ -93,7 +89,7 @@ def question_run(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
     with question_run_step(context, app_db, "question_run", DB_RETRY):
         summary = steps.store_runs(app_db.resolved_url, context.partition_key)
     return dg.MaterializeResult(
-        metadata=_metadata(
+        metadata=known(
             {
                 "question_run_ids": dg.MetadataValue.json(summary["question_run_ids"]),
                 "input_tokens": summary["input_tokens"],
@@ -239,7 +235,7 @@ def org_analytics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
     payload = snapshot.payload
     target = next((c for c in payload["companies"] if c["is_target"]), None)
     return dg.MaterializeResult(
-        metadata=_metadata(
+        metadata=known(
             {
                 "cycle_id": payload["cycle_id"],
                 "runs_completed": payload["runs"]["completed"],
@@ -277,7 +273,7 @@ def analytics_push(
         except PushFailed as error:
             raise dg.Failure(str(error), allow_retries=False) from error
     return dg.MaterializeResult(
-        metadata=_metadata(
+        metadata=known(
             {
                 "target": result["target"],
                 "destination": result["destination"],
