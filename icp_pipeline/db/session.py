@@ -1,6 +1,5 @@
 """Engines, sessions and migrations for the app database (SQLite by default, PostgreSQL in production)."""
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,7 +95,3 @@ def ensure_schema(url: str | None = None) -> None:
             f"the app database at {redact_url(url)} has no schema; run `icp-pipeline db upgrade` "
             "(ICP_DATABASE_URL selects the database)"
         )
-
-
-def is_postgres(url: str | None = None) -> bool:
-    return (url or os.environ.get("ICP_DATABASE_URL", "")).startswith("postgresql")

@@ -19,7 +19,3 @@ def model_slug(provider: str, model: str) -> str:
 def question_run_key(org_id: str, question: str, model: str, country: str) -> str:
     """`acme|q-1a2b3c|openai-gpt-4o-mini|US`: one partition per org x question x model x location."""
     return f"{org_id}|{question}|{model}|{country}"
-
-
-def org_of_key(partition_key: str) -> str:
-    return partition_key.split("|", 1)[0]
