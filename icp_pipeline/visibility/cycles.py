@@ -62,7 +62,18 @@ def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tupl
     cycle = Cycle(org_id=org_id, samples_per_item=samples_per_item)
     session.add(cycle)
     session.flush()
-    items = [
+    items = _items(cycle, combinations(session, org_id))
+    if not items:
+        raise ValueError(f"org {org_id!r} has no active question x model x location combination")
+    session.add_all(items)
+    cycle.total = len(items)
+    session.flush()
+    return cycle, True
+
+
+def _items(cycle: Cycle, combos: list[tuple[str, Question, OrgModel, OrgLocation]]) -> list[CycleItem]:
+    """One pending item per combination and sample of the cycle."""
+    return [
         CycleItem(
             cycle_id=cycle.id,
             partition_key=key,
@@ -71,15 +82,38 @@ def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tupl
             location_id=loc.id,
             sample_index=sample,
         )
-        for key, q, m, loc in combinations(session, org_id)
-        for sample in range(samples_per_item)
+        for key, q, m, loc in combos
+        for sample in range(cycle.samples_per_item)
     ]
-    if not items:
-        raise ValueError(f"org {org_id!r} has no active question x model x location combination")
-    session.add_all(items)
-    cycle.total = len(items)
-    session.flush()
-    return cycle, True
+
+
+def orgs_without_cycle(session: Session) -> list[str]:
+    """Orgs that never had a cycle: a newly loaded org gets its first cycle from the sync sensor."""
+    has_cycle = select(Cycle.id).where(Cycle.org_id == Org.id).exists()
+    return list(session.scalars(select(Org.id).where(~has_cycle).order_by(Org.id)))
+
+
+def join_new_combinations(session: Session) -> dict[int, int]:
+    """Add to each org's latest cycle the active combinations it lacks (a question, model or location
+    added to the org file since it opened), so new question runs get their first run now rather than
+    next cycle. A complete cycle re-opens and its roll-ups run again once the new items are done.
+    Only the latest cycle is compared, so the cost stays bounded by one cycle's size.
+    Returns {cycle id: items added}."""
+    added: dict[int, int] = {}
+    for org_id in session.scalars(select(Org.id).order_by(Org.id)):
+        cycle = latest_cycle(session, org_id)
+        if cycle is None:
+            continue
+        present = set(
+            session.scalars(select(CycleItem.partition_key).where(CycleItem.cycle_id == cycle.id).distinct())
+        )
+        combos = [c for c in combinations(session, org_id) if c[0] not in present]
+        if combos:
+            session.add_all(_items(cycle, combos))
+            session.flush()
+            refresh_cycle(session, cycle.id)
+            added[cycle.id] = len(combos)
+    return added
 
 
 def items_for_partition(session: Session, partition_key: str) -> list[CycleItem]:

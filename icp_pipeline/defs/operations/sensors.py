@@ -10,11 +10,16 @@ from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import AppDatabase
 from icp_pipeline.defs.segments.jobs import segment_icp_job, site_summary_job
 from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
-from icp_pipeline.defs.visibility.jobs import question_run_job
+from icp_pipeline.defs.visibility.jobs import org_cycle_job, question_run_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.segments.steps import desired_site_partitions, sites_ready_for_summary, unbuilt_segments
 from icp_pipeline.settings import redact_url
-from icp_pipeline.visibility.cycles import desired_org_partitions, pending_items
+from icp_pipeline.visibility.cycles import (
+    desired_org_partitions,
+    join_new_combinations,
+    orgs_without_cycle,
+    pending_items,
+)
 
 
 def partition_diff(
@@ -31,15 +36,18 @@ def partition_diff(
 
 
 @dg.sensor(
-    jobs=[question_run_job, segment_icp_job, site_summary_job],
+    jobs=[org_cycle_job, question_run_job, segment_icp_job, site_summary_job],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Keeps dynamic partitions equal to the app database and requests first runs of new work.",
+    description="Keeps dynamic partitions equal to the app database and requests the first runs of new work.",
 )
 def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase) -> dg.SensorResult:
     with session_scope(app_db.resolved_url) as session:
         orgs, question_runs = desired_org_partitions(session)
         sites, segments = desired_site_partitions(session)
+        first_cycles = orgs_without_cycle(session)
+        for cycle_id, added in join_new_combinations(session).items():
+            context.log.info(f"cycle {cycle_id}: {added} new question runs joined it")
         pending = pending_items(session)
         unbuilt = unbuilt_segments(session)
         summaries = sites_ready_for_summary(session)
@@ -51,6 +59,10 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
     ]
     # Run keys make each request once: Dagster skips a run key it has already launched.
     runs = [
+        dg.RunRequest(job_name=org_cycle_job.name, partition_key=org, run_key=f"first-cycle-{org}")
+        for org in first_cycles
+    ]
+    runs += [
         dg.RunRequest(
             job_name=question_run_job.name,
             partition_key=key,
