@@ -41,6 +41,8 @@ class Org(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     config_sha256: Mapped[str] = mapped_column(String(64))
+    # The org file's `schedule`: this org's cycle cron; null means the default (ICP_ORG_CYCLE_CRON).
+    cycle_cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

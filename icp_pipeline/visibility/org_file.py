@@ -14,6 +14,7 @@ from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_te
 from icp_pipeline.db.models import Company, Org, OrgLocation, OrgModel, Question
 from icp_pipeline.visibility.countries import ISO_COUNTRY_CODES
 from icp_pipeline.visibility.keys import model_slug, question_key
+from icp_pipeline.visibility.schedule import parse_cron
 
 PROVIDERS = ("openai", "anthropic", "gemini", "offline")
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -62,7 +63,7 @@ class OrgSpec(_Strict):
     models: Annotated[list[ModelSpec], Field(min_length=1)]
     locations: Annotated[list[str], Field(min_length=1)]
     questions: Annotated[list[QuestionSpec | str], Field(min_length=1)]
-    schedule: str | None = None
+    schedule: Annotated[str, Field(max_length=200)] | None = None  # the org's cycle cron
 
     @field_validator("id")
     @classmethod
@@ -70,6 +71,12 @@ class OrgSpec(_Strict):
         if not _ORG_ID.match(value):
             raise ValueError("must be lowercase letters, digits, '-' or '_' (at most 64), e.g. acme")
         return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, schedule: str | None) -> str | None:
+        # Checked here so a bad cron fails `org load`, not a schedule tick days later.
+        return None if schedule is None else parse_cron(schedule).expression
 
     @field_validator("locations", mode="before")
     @classmethod
@@ -138,6 +145,8 @@ class OrgFileError(ConfigFileError):
 def _describe(error: dict[str, Any]) -> str | None:
     if error["type"] == "literal_error" and error["loc"][-1] == "provider":
         return f"unknown provider {error['input']!r}; expected one of {', '.join(PROVIDERS)}"
+    if error["type"] == "string_type" and error["loc"] == ("schedule",):
+        return f'{error["input"]!r} is not a cron string; quote it, e.g. "30 9 * * 1-5"'
     return None
 
 
@@ -163,6 +172,10 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         org = Org(id=spec.id, name=spec.name, config_sha256="")
         session.add(org)
         changes["created"] += 1
+    # Before the digest check: files loaded before orgs.cycle_cron existed already hashed their schedule.
+    if org.cycle_cron != spec.schedule:
+        changes["updated"] += int(not changes["created"])
+        org.cycle_cron = spec.schedule
     digest = config_sha256(spec)
     if org.config_sha256 == digest:
         return changes

@@ -1,11 +1,12 @@
 """Sensors and schedules evaluated against a real instance and the app database."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import yaml
 
+from icp_pipeline.db.models import Org
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
 from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_failure_alert_sensor
@@ -76,7 +77,11 @@ def test_schedules_request_one_run_per_org_and_site_with_explicit_time_zone(sqli
     daily = daily_org_cycle_schedule(
         dg.build_schedule_context(scheduled_execution_time=when, resources=resources)
     )
-    assert [(r.partition_key, r.run_key) for r in daily] == [("acme", "cycle-acme-2026-11-23")]
+    assert [(r.partition_key, r.run_key) for r in daily] == [("acme", "cycle-acme-2026-11-23T06:00")]
+    later = daily_org_cycle_schedule(
+        dg.build_schedule_context(scheduled_execution_time=when + timedelta(minutes=15), resources=resources)
+    )
+    assert later == []  # 06:00 is the previous tick's, not this one's
     weekly = weekly_icp_refresh_schedule(
         dg.build_schedule_context(scheduled_execution_time=when, resources=resources)
     )
@@ -84,6 +89,60 @@ def test_schedules_request_one_run_per_org_and_site_with_explicit_time_zone(sqli
     assert weekly[0].run_config["ops"]["site_segments"]["config"]["rebuild"] is True
     assert daily_org_cycle_schedule.execution_timezone == "UTC"
     assert daily_org_cycle_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert daily_org_cycle_schedule.cron_schedule == "*/15 * * * *"
+    assert daily_org_cycle_schedule.job_name == "org_cycle_job"
+    assert daily_org_cycle_schedule.name == "daily_org_cycle_schedule"
+
+
+def _daily(url: str, when: datetime) -> list[tuple[str, str]]:
+    context = dg.build_schedule_context(
+        scheduled_execution_time=when, resources={"app_db": AppDatabase(url=url)}
+    )
+    return [(r.partition_key, r.run_key) for r in daily_org_cycle_schedule(context)]
+
+
+def test_daily_schedule_opens_each_orgs_cycle_when_its_own_cron_fires(sqlite_app: str) -> None:
+    acme = yaml.safe_load(EXAMPLE_ORG.read_text())
+    acme["schedule"] = "30 9 * * 1-5"  # weekdays at 09:30
+    globex = yaml.safe_load(EXAMPLE_ORG.read_text())
+    globex.update(id="globex", name="Globex")  # no schedule: the default 0 6 * * *
+    with session_scope(sqlite_app) as session:
+        upsert_org(session, parse_org_text(yaml.safe_dump(acme)))
+        upsert_org(session, parse_org_text(yaml.safe_dump(globex)))
+
+    monday = datetime(2026, 11, 23, tzinfo=ZoneInfo("UTC"))
+    saturday = monday + timedelta(days=5)
+    ticks = {
+        monday + timedelta(hours=5, minutes=45): [],
+        monday + timedelta(hours=6): [("globex", "cycle-globex-2026-11-23T06:00")],
+        monday + timedelta(hours=6, minutes=15): [],
+        monday + timedelta(hours=9, minutes=15): [],
+        monday + timedelta(hours=9, minutes=30): [("acme", "cycle-acme-2026-11-23T09:30")],
+        monday + timedelta(hours=9, minutes=45): [],
+        saturday + timedelta(hours=6): [("globex", "cycle-globex-2026-11-28T06:00")],
+        saturday + timedelta(hours=9, minutes=30): [],
+    }
+    for when, expected in ticks.items():
+        assert _daily(sqlite_app, when) == expected, when
+    # A tick evaluated again asks for the same run key, which Dagster launches once.
+    assert _daily(sqlite_app, monday + timedelta(hours=9, minutes=30)) == [
+        ("acme", "cycle-acme-2026-11-23T09:30")
+    ]
+
+    # Reloading acme's file without `schedule` puts it back on the default cron.
+    del acme["schedule"]
+    with session_scope(sqlite_app) as session:
+        upsert_org(session, parse_org_text(yaml.safe_dump(acme)))
+    assert _daily(sqlite_app, monday + timedelta(hours=6)) == [
+        ("acme", "cycle-acme-2026-11-23T06:00"),
+        ("globex", "cycle-globex-2026-11-23T06:00"),
+    ]
+    assert _daily(sqlite_app, monday + timedelta(hours=9, minutes=30)) == []
+
+    # A stored cron that no longer parses skips that org only.
+    with session_scope(sqlite_app) as session:
+        session.get(Org, "acme").cycle_cron = "0 6 * * 8"
+    assert _daily(sqlite_app, monday + timedelta(hours=6)) == [("globex", "cycle-globex-2026-11-23T06:00")]
 
 
 def test_run_failure_sensor_posts_an_alert(monkeypatch) -> None:

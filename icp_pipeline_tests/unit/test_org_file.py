@@ -7,8 +7,11 @@ import pytest
 import yaml
 
 import icp_pipeline
+from icp_pipeline.cli.main import main
+from icp_pipeline.db.models import Org
+from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.visibility.keys import question_key
-from icp_pipeline.visibility.org_file import OrgFileError, QuestionSpec, parse_org_text
+from icp_pipeline.visibility.org_file import OrgFileError, QuestionSpec, parse_org_text, upsert_org
 
 EXAMPLE = Path(icp_pipeline.__file__).parent / "examples" / "acme.yaml"
 BASE: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
@@ -214,3 +217,94 @@ def test_bad_question_dict_names_only_real_fields() -> None:
     for problem in problems:
         field_path = problem.split(": ", 1)[0]
         assert "str" not in field_path, problem
+
+
+# --- schedule: the org's cycle cron ---------------------------------------------------------------
+
+
+def _with_schedule(schedule: Any) -> dict[str, Any]:
+    data = _base()
+    data["schedule"] = schedule
+    return data
+
+
+def test_schedule_is_optional_and_normalized() -> None:
+    assert parse_org_text(yaml.safe_dump(_base())).schedule is None
+    assert parse_org_text(yaml.safe_dump(_with_schedule(" 30  9 * *  1-5 "))).schedule == "30 9 * * 1-5"
+    assert parse_org_text("schedule: 0 6 * * 0,7\n" + yaml.safe_dump(_base())).schedule == "0 6 * * 0,7"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "detail"),
+    [
+        ("0 25 * * *", "hour 25 is out of range 0-23"),
+        ("*/15 * * *", "expected 5 fields, got 4"),
+        ("every day", "expected 5 fields, got 2"),
+        ("30 9 * * MON-FRI", "day-of-week 'MON-FRI' is not a number"),
+        (930, "is not a cron string"),
+    ],
+)
+def test_bad_schedule_names_the_field_and_the_value(schedule: Any, detail: str) -> None:
+    (problem,) = _error(_with_schedule(schedule)).problems
+    assert problem.startswith("schedule: ")
+    assert repr(schedule) in problem
+    assert detail in problem
+
+
+def test_unquoted_star_schedule_is_a_yaml_error() -> None:
+    # A plain YAML scalar cannot start with *: the README example quotes the cron.
+    (problem,) = _error(text="schedule: */15 * * * *\n" + yaml.safe_dump(_base())).problems
+    assert problem.startswith("(file): not valid YAML")
+
+
+@pytest.fixture
+def app_db(icp_env: Path) -> str:
+    url = f"sqlite:///{icp_env / 'app.db'}"
+    upgrade(url)
+    return url
+
+
+def _load(url: str, data: dict[str, Any]) -> dict[str, int]:
+    with session_scope(url) as session:
+        return upsert_org(session, parse_org_text(yaml.safe_dump(data)))
+
+
+def _stored(url: str) -> tuple[str, str | None]:
+    with session_scope(url) as session:
+        org = session.get(Org, "acme")
+        return org.name, org.cycle_cron
+
+
+def test_schedule_is_stored_changed_and_cleared(app_db: str) -> None:
+    _load(app_db, _with_schedule("30 9 * * 1-5"))
+    assert _stored(app_db) == ("Acme Analytics", "30 9 * * 1-5")
+    assert _load(app_db, _with_schedule("30 9 * * 1-5"))["updated"] == 0
+    assert _load(app_db, _with_schedule("0 7 * * *"))["updated"] == 1
+    assert _stored(app_db) == ("Acme Analytics", "0 7 * * *")
+    # Removing the key returns the org to the default cron.
+    assert _load(app_db, _base())["updated"] == 1
+    assert _stored(app_db) == ("Acme Analytics", None)
+
+
+def test_schedule_hashed_before_the_column_existed_is_stored_on_reload(app_db: str) -> None:
+    data = _with_schedule("30 9 * * 1-5")
+    _load(app_db, data)
+    with session_scope(app_db) as session:  # as left by a load before migration 0003
+        session.get(Org, "acme").cycle_cron = None
+    assert _load(app_db, data)["updated"] == 1
+    assert _stored(app_db) == ("Acme Analytics", "30 9 * * 1-5")
+
+
+def test_bad_schedule_writes_nothing(app_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text(yaml.safe_dump(_with_schedule("30 9 * * 1-5")))
+    assert main(["org", "load", str(path)]) == 0
+    bad = _with_schedule("30 9 * * 1-8")
+    bad["name"] = "Acme Renamed"
+    path.write_text(yaml.safe_dump(bad))
+    capsys.readouterr()
+    assert main(["org", "load", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "schedule: '30 9 * * 1-8' is not a valid cron" in err
+    assert "day-of-week 8 is out of range 0-7" in err
+    assert _stored(app_db) == ("Acme Analytics", "30 9 * * 1-5")
