@@ -41,10 +41,21 @@ def write_instance_yaml(dagster_home: Path, storage_url: str | None = None) -> N
     """The CLI's embedded instance config, or the same pools on PostgreSQL storage."""
     write_embedded_instance_yaml(dagster_home)
     if storage_url:
-        pools = "concurrency:\n  pools:\n    default_limit: 3\n    granularity: op\n"
-        (dagster_home / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: {storage_url}\n{pools}"
+        # The production storages (dagster.yaml): dagster-postgres, with the guarded event log.
+        storages = "".join(
+            f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {storage_url}\n"
+            for kind, module, cls in (
+                ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+                (
+                    "event_log_storage",
+                    "icp_pipeline.instance.guarded_storage",
+                    "GuardedPostgresEventLogStorage",
+                ),
+                ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+            )
         )
+        pools = "concurrency:\n  pools:\n    default_limit: 3\n    granularity: op\n"
+        (dagster_home / "dagster.yaml").write_text(storages + pools)
 
 
 @pytest.fixture

@@ -78,6 +78,8 @@ def test_production_dagster_yaml_loads_on_postgres_with_the_pool_cap(
     instance = DagsterInstance.get()
     try:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "GuardedPostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.event_log_storage.get_pool_config().default_pool_limit == 3
         assert instance.run_monitoring_enabled
