@@ -36,8 +36,12 @@ class PushFailed(RuntimeError):
     pass
 
 
-def idempotency_key(org_id: str, cycle_id: int) -> str:
-    return f"icp-{org_id}-cycle-{cycle_id}"
+def idempotency_key(org_id: str, cycle_id: int, payload: dict[str, Any]) -> str:
+    """The same analytics of a cycle always get the same key, so a receiver applies them once; analytics
+    that changed (a backfill completed failed runs) get a new key, so they are not dropped as a repeat.
+    `generated_at` is left out: recomputing unchanged analytics is not a new delivery."""
+    content = {k: v for k, v in payload.items() if k != "generated_at"}
+    return f"icp-{org_id}-cycle-{cycle_id}-{hashlib.sha256(canonical_body(content)).hexdigest()[:16]}"
 
 
 def canonical_body(payload: dict[str, Any]) -> bytes:
@@ -56,7 +60,7 @@ def push_snapshot(session: Session, snapshot: AnalyticsSnapshot, settings: PushS
     """Deliver one snapshot; retries 5xx, 408, 429 and connection errors with exponential backoff."""
     body = canonical_body(snapshot.payload)
     digest = hashlib.sha256(body).hexdigest()
-    key = idempotency_key(snapshot.org_id, snapshot.cycle_id)
+    key = idempotency_key(snapshot.org_id, snapshot.cycle_id, snapshot.payload)
 
     def record(**values: Any) -> PushDelivery:
         delivery = PushDelivery(

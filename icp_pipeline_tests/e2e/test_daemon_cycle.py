@@ -23,6 +23,7 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, PushDelivery, QuestionRun
 from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.visibility.push import idempotency_key
 from icp_pipeline_tests.conftest import load_example
 from icp_pipeline_tests.support.dagster_services import (
     dagster_services,
@@ -158,7 +159,7 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(
     with session_scope(app_url) as session:
         cycle = session.scalars(sa.select(Cycle)).one()
         assert (cycle.status, cycle.total, cycle.completed, cycle.failed) == ("succeeded", 45, 45, 0)
-        assert delivery.headers["Idempotency-Key"] == f"icp-acme-cycle-{cycle.id}"
+        assert delivery.headers["Idempotency-Key"] == idempotency_key("acme", cycle.id, delivery.json)
     # No duplicate rows, and no answer bought twice (the killed call never returned, so it was never paid).
     assert count(app_url, CycleItem) == 45
     assert count(app_url, QuestionRun) == 45

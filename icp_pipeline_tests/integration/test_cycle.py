@@ -21,7 +21,7 @@ from icp_pipeline.db.models import (
 )
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import PushResource
-from icp_pipeline.visibility.push import IDEMPOTENCY_HEADER, SIGNATURE_HEADER
+from icp_pipeline.visibility.push import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, idempotency_key
 from icp_pipeline_tests.support.pipeline import count, max_concurrent_calls, pipeline_defs
 from icp_pipeline_tests.support.webhook import WebhookReceiver
 
@@ -54,7 +54,8 @@ def test_full_cycle_runs_45_question_runs_and_pushes_signed_analytics(sqlite_app
         request = hook.requests[0]
         expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
         assert request.headers[SIGNATURE_HEADER] == expected
-        assert request.headers[IDEMPOTENCY_HEADER] == f"icp-acme-cycle-{outcome.cycle_id}"
+        assert request.headers[IDEMPOTENCY_HEADER] == idempotency_key("acme", outcome.cycle_id, request.json)
+        assert request.headers[IDEMPOTENCY_HEADER].startswith(f"icp-acme-cycle-{outcome.cycle_id}-")
         payload = request.json
         assert payload["runs"] == {"total": 45, "completed": 45, "failed": 0}
         assert payload["synthetic"] is True
