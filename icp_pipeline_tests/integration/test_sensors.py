@@ -32,8 +32,20 @@ def test_rollups_are_requested_once_when_the_cycle_is_complete(sqlite_app: str) 
         with session_scope(sqlite_app) as session:
             set_item_status(session, session.get(CycleItem, items[-1].id), "failed", "ai_answer", "boom")
         first = tick()
-        assert [(r.partition_key, r.run_key) for r in first.run_requests] == [
-            ("acme", f"rollup-cycle-{cycle_id}")
-        ]
+        assert [r.partition_key for r in first.run_requests] == ["acme"]
+        assert first.run_requests[0].run_key.startswith(f"rollup-cycle-{cycle_id}-")
         assert first.dynamic_partitions_requests[0].partition_keys == ["acme"]
         assert tick().run_requests == []  # claimed: never requested twice
+
+        # A backfill re-opens the failed item and completes it: the cycle rolls up again, under a new
+        # run key (Dagster would skip the first one as already launched).
+        with session_scope(sqlite_app) as session:
+            item = session.get(CycleItem, items[-1].id)
+            set_item_status(session, item, "pending")
+        assert tick().run_requests == []
+        with session_scope(sqlite_app) as session:
+            set_item_status(session, session.get(CycleItem, items[-1].id), "succeeded")
+        again = tick()
+        assert [r.partition_key for r in again.run_requests] == ["acme"]
+        assert again.run_requests[0].run_key != first.run_requests[0].run_key
+        assert tick().run_requests == []

@@ -18,11 +18,13 @@ def cycle_complete_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
     with session_scope(app_db.resolved_url) as session:
         for cycle in cycles_ready_for_rollup(session):
             # The claim makes the roll-up run once even when the CLI or another tick got there first.
+            # The run key names this completion: a cycle re-opened by a backfill of its failed runs
+            # completes again and must roll up again (Dagster skips a run key it has seen).
             if claim_rollup(session, cycle.id):
                 requests.append(
                     dg.RunRequest(
                         partition_key=cycle.org_id,
-                        run_key=f"rollup-cycle-{cycle.id}",
+                        run_key=f"rollup-cycle-{cycle.id}-{cycle.completed_at:%Y%m%dT%H%M%S%f}",
                         tags={"icp/cycle_id": str(cycle.id)},
                     )
                 )
