@@ -4,9 +4,12 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import pytest
+import sqlalchemy as sa
 import yaml
+from dagster._core.test_utils import create_run_for_test
 
-from icp_pipeline.db.models import Org
+from icp_pipeline.db.models import CycleItem, Org
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
 from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_failure_alert_sensor
@@ -145,7 +148,7 @@ def test_daily_schedule_opens_each_orgs_cycle_when_its_own_cron_fires(sqlite_app
     assert _daily(sqlite_app, monday + timedelta(hours=6)) == [("globex", "cycle-globex-2026-11-23T06:00")]
 
 
-def test_run_failure_sensor_posts_an_alert(monkeypatch) -> None:
+def test_run_failure_sensor_posts_an_alert(sqlite_app: str, monkeypatch: pytest.MonkeyPatch) -> None:
     @dg.op
     def explode() -> None:
         raise RuntimeError("model provider down")
@@ -164,8 +167,59 @@ def test_run_failure_sensor_posts_an_alert(monkeypatch) -> None:
             dagster_event=failure,
             dagster_instance=instance,
             dagster_run=result.dagster_run,
+            resources={"app_db": AppDatabase(url=sqlite_app)},
         ).for_run_failure()
         run_failure_alert_sensor(context)
         assert len(hook.requests) == 1
         alert = hook.requests[0].json
         assert alert["run_id"] == result.run_id and alert["job"] == "broken"
+
+
+def test_a_crashed_question_run_is_closed_once_no_run_retry_is_coming(sqlite_app: str) -> None:
+    """A killed run worker never reaches the step's own failure handling; the failure sensor closes the
+    item, but only when Dagster will not retry the run, so a retry can still complete it."""
+    with session_scope(sqlite_app) as session:
+        cycle, _ = open_cycle(session, "acme")
+        key = cycle.items[0].partition_key
+    retries = {"run_retries": {"enabled": True, "max_retries": 1, "retry_on_asset_or_op_failure": False}}
+    with dg.instance_for_test(overrides=retries) as instance:
+
+        def crash(parent: dg.DagsterRun | None = None) -> dg.DagsterRun:
+            # A retry carries its parent's run-group tags, as the daemon's retries do: Dagster counts
+            # retries by the size of the run group.
+            lineage = (
+                {"dagster/parent_run_id": parent.run_id, "dagster/root_run_id": parent.run_id}
+                if parent
+                else {}
+            )
+            run = create_run_for_test(
+                instance,
+                job_name="question_run_job",
+                tags={"dagster/partition": key, **lineage},
+                parent_run_id=parent.run_id if parent else None,
+                root_run_id=parent.run_id if parent else None,
+            )
+            instance.report_run_failed(run, "run worker exited with signal 9")  # what the code server reports
+            failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
+            context = dg.build_run_status_sensor_context(
+                sensor_name=run_failure_alert_sensor.name,
+                dagster_event=failure,
+                dagster_instance=instance,
+                dagster_run=run,
+                resources={"app_db": AppDatabase(url=sqlite_app)},
+            ).for_run_failure()
+            run_failure_alert_sensor(context)
+            return instance.get_run_by_id(run.run_id)
+
+        def item_status() -> tuple[str, str | None]:
+            with session_scope(sqlite_app) as session:
+                item = session.scalars(sa.select(CycleItem).where(CycleItem.partition_key == key)).one()
+                return item.status, item.failed_step
+
+        first = crash()
+        assert first.tags["dagster/will_retry"] == "true"
+        assert item_status() == ("pending", None)  # the retry may still complete it
+
+        last = crash(parent=first)
+        assert last.tags["dagster/will_retry"] == "false"
+        assert item_status() == ("failed", "run")

@@ -2,6 +2,7 @@
 
 import json
 import os
+from contextlib import suppress
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -14,6 +15,7 @@ from icp_pipeline.defs.visibility.jobs import org_cycle_job, question_run_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.segments.steps import desired_site_partitions, sites_ready_for_summary, unbuilt_segments
 from icp_pipeline.settings import redact_url
+from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import (
     desired_org_partitions,
     join_new_combinations,
@@ -86,9 +88,9 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
 
 @dg.run_failure_sensor(
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records every failed run and posts it to ICP_ALERT_WEBHOOK_URL when set.",
+    description="Records every failed run, posts it to ICP_ALERT_WEBHOOK_URL when set, and closes crashed question runs.",
 )
-def run_failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
+def run_failure_alert_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
     run = context.dagster_run
     alert = {
         "run_id": run.run_id,
@@ -106,3 +108,24 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
             httpx.post(url, json=alert, timeout=10).raise_for_status()
         except httpx.HTTPError as error:
             context.log.warning(f"alert to {redact_url(url)} failed: {type(error).__name__}")
+    close_crashed_question_run(context, app_db, run)
+
+
+def close_crashed_question_run(
+    context: dg.RunFailureSensorContext, app_db: AppDatabase, run: dg.DagsterRun
+) -> None:
+    """A question run whose worker died (killed, out of memory) never reached its own failure handling,
+    so its cycle item stays open and the cycle never completes. Once no run retry is coming, mark it
+    failed; a later backfill of the partition re-opens it. Items a step already closed are left as they are."""
+    partition = run.tags.get("dagster/partition")
+    if run.job_name != question_run_job.name or not partition:
+        return
+    # Dagster tags a failed run `dagster/will_retry` when run retries are on; re-read it, the tag is
+    # written when the failure is stored.
+    current = context.instance.get_run_by_id(run.run_id) or run
+    if current.tags.get("dagster/will_retry") == "true":
+        return
+    with suppress(LookupError):  # a partition with no cycle has no item to close
+        steps.fail_partition(
+            app_db.resolved_url, partition, "run", f"run {run.run_id} failed: {context.failure_event.message}"
+        )
