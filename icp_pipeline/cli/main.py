@@ -75,9 +75,10 @@ def cmd_org_run(args: argparse.Namespace) -> int:
 
 
 def cmd_org_keys(args: argparse.Namespace) -> int:
-    """The org's question-run partition keys, for `dagster asset materialize --partition KEY`."""
+    """The org's question-run partition keys, for `dagster asset materialize --partition KEY`, or with
+    --failed those that failed in its latest cycle, for `dagster job backfill --partitions`."""
     from icp_pipeline.db.session import ensure_schema, session_scope
-    from icp_pipeline.visibility.cycles import UnknownOrg, combinations, require_org
+    from icp_pipeline.visibility.cycles import UnknownOrg, combinations, failed_partitions, require_org
 
     ensure_schema()
     with session_scope() as session:
@@ -85,8 +86,13 @@ def cmd_org_keys(args: argparse.Namespace) -> int:
             require_org(session, args.org)
         except UnknownOrg as error:
             return _fail(str(error))
-        for key, *_ in combinations(session, args.org):
-            print(key)
+        keys = (
+            failed_partitions(session, args.org)
+            if args.failed
+            else [k for k, *_ in combinations(session, args.org)]
+        )
+    for key in keys:
+        print(key)
     return 0
 
 
@@ -197,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_org_run)
     keys = org.add_parser("keys", help="print the org's question-run partition keys")
     keys.add_argument("org")
+    keys.add_argument("--failed", action="store_true", help="only the keys that failed in the latest cycle")
     keys.set_defaults(func=cmd_org_keys)
     report = org.add_parser("report", help="print the latest analytics")
     report.add_argument("org")

@@ -145,6 +145,21 @@ def set_item_status(
     refresh_cycle(session, item.cycle_id)
 
 
+def failed_partitions(session: Session, org_id: str) -> list[str]:
+    """Partition keys whose item failed in the org's latest cycle: what a backfill should re-run."""
+    cycle = latest_cycle(session, org_id)
+    if cycle is None:
+        return []
+    return list(
+        session.scalars(
+            select(CycleItem.partition_key)
+            .where(CycleItem.cycle_id == cycle.id, CycleItem.status == "failed")
+            .distinct()
+            .order_by(CycleItem.partition_key)
+        )
+    )
+
+
 def refresh_cycle(session: Session, cycle_id: int) -> Cycle:
     """Recount the manifest from its items and close the cycle once every item is terminal.
     A cycle succeeds when at least one item did."""

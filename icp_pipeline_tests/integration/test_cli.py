@@ -132,3 +132,24 @@ def test_org_keys_lists_partitions_and_survives_a_closed_pipe(migrated, icp_env:
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") == 1 and out.stdout.startswith("acme|q-")
     assert "BrokenPipe" not in out.stderr
+
+
+def test_org_keys_failed_lists_the_failed_partitions_of_the_latest_cycle(migrated, capsys) -> None:
+    from icp_pipeline.db.session import session_scope
+    from icp_pipeline.visibility.cycles import open_cycle, set_item_status
+
+    assert main(["org", "load", str(EXAMPLE_ORG)]) == 0
+    capsys.readouterr()
+    assert main(["org", "keys", "acme", "--failed"]) == 0
+    assert capsys.readouterr().out == ""  # no cycle yet: nothing failed
+    with session_scope(migrated) as session:
+        cycle, _ = open_cycle(session, "acme")
+        items = cycle.items
+        for item in items[:2]:
+            set_item_status(session, item, "failed", "ai_answer", "provider down")
+        set_item_status(session, items[2], "succeeded")
+        expected = sorted(item.partition_key for item in items[:2])
+    assert main(["org", "keys", "acme", "--failed"]) == 0
+    assert capsys.readouterr().out.split() == expected
+    assert main(["org", "keys", "acme"]) == 0
+    assert len(capsys.readouterr().out.split()) == 45
