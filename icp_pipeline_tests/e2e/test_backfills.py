@@ -165,11 +165,12 @@ def test_backfills_from_the_cli_and_the_ui_launch_one_run_per_partition_and_rebu
         services.env["ICP_OFFLINE_LATENCY_SECONDS"] = "3.0"
         services.start_daemon()
 
-        # CLI backfill of exactly the failed partitions.
+        # CLI backfill of exactly the failed partitions, as the README's operations section shows it.
         cli = subprocess.run(
-            [str(BIN / "dagster"), "job", "backfill", "-w", str(REPO_ROOT / "workspace.yaml"),
-             "-j", "question_run_job", "--partitions", ",".join(failed), "--noprompt"],
-            cwd=REPO_ROOT, env=services.env, capture_output=True, text=True, timeout=300,
+            'dagster job backfill -w workspace.yaml -j question_run_job --noprompt '
+            '--partitions "$(icp-pipeline org keys acme --failed | paste -sd, -)"',
+            shell=True, executable="/bin/bash", cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+            env={**services.env, "PATH": f"{BIN}:{services.env['PATH']}"},
         )  # fmt: skip
         assert cli.returncode == 0, cli.stdout + cli.stderr
         (backfill,) = instance.get_backfills()
