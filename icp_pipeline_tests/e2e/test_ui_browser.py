@@ -1,0 +1,237 @@
+"""The Dagster UI in a real browser: headless Chromium (Debian's package) driven by Playwright against a
+real dagster-webserver and dagster-daemon on the production instance config (PostgreSQL, queued runs).
+
+The test prepares an open cycle and its partitions, stops the project's sensors so the daemon launches
+nothing on its own, then does what an operator does: finds the project's assets in the catalog, opens
+`question_run_job`, materializes ONE question-run partition from the launch dialog and watches the run
+page until it succeeds. The instance and the app database then confirm that exactly that run happened.
+Screenshots land in `test-artifacts/` at the repository root (also the page HTML on failure).
+"""
+
+import re
+import subprocess
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster._core.storage.dagster_run import RunsFilter
+from playwright.sync_api import Page, Route, expect, sync_playwright
+
+from icp_pipeline.db.models import CycleItem, QuestionRun
+from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.visibility.cycles import desired_org_partitions, open_cycle
+from icp_pipeline_tests.conftest import load_example
+from icp_pipeline_tests.support.dagster_services import (
+    BIN,
+    REPO_ROOT,
+    DagsterServices,
+    dagster_services,
+    postgres_env,
+    service_env,
+    write_production_instance,
+)
+
+pytestmark = pytest.mark.postgres
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps calling home (updates, sync, field trials),
+# which on these machines only produces refused connections.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+PROJECT_SENSORS = ("partition_sync_sensor", "cycle_complete_sensor")
+SHOWN_ASSETS = ("ai_answer", "question_run", "run_mentions", "competitive_metrics", "segment_icp")
+# The first page load compiles the UI's GraphQL queries and the run goes through the daemon's queue:
+# on a 2-core machine both take far longer than Playwright's 5 s default.
+UI_TIMEOUT_MS = 90_000
+RUN_TIMEOUT_MS = 180_000
+Status = dg.DagsterRunStatus
+
+
+def _stop_sensors(env: dict[str, str]) -> None:
+    """Stop the project's sensors with the real CLI, before any daemon runs: otherwise the sync sensor
+    launches the other 44 pending cycle items. Both commands run at once (each imports the code)."""
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    commands = {
+        name: subprocess.Popen(
+            [str(BIN / "dagster"), "sensor", "stop", name, "-w", workspace],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in PROJECT_SENSORS
+    }
+    for name, process in commands.items():
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 0, f"`dagster sensor stop {name}` failed:\n{output}"
+
+
+def _sensor_statuses(services: DagsterServices) -> dict[str, str]:
+    data = services.graphql(
+        """{ sensorsOrError(repositorySelector: {repositoryLocationName: "icp_pipeline",
+                                                 repositoryName: "__repository__"}) {
+             ... on Sensors { results { name sensorState { status } } } } }"""
+    )
+    return {s["name"]: s["sensorState"]["status"] for s in data["sensorsOrError"]["results"]}
+
+
+def _local_only(hosts: list[str | None]) -> Callable[[Route], None]:
+    """A route handler that records every request's host and lets only 127.0.0.1 through."""
+
+    def handle(route: Route) -> None:
+        host = urlsplit(route.request.url).hostname
+        hosts.append(host)
+        if host == "127.0.0.1":
+            route.continue_()
+        else:
+            route.abort()
+
+    return handle
+
+
+def _word(text: str) -> re.Pattern[str]:
+    """An accessible name holding `text` as a whole word: the UI's names also carry their icons'
+    labels ("column_lineage Jobs") and, where a name is middle-truncated, the name twice."""
+    return re.compile(rf"(^|\s){re.escape(text)}(\s|$)")
+
+
+def _save(page: Page, name: str, *, html: bool = False) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    if html:
+        (ARTIFACTS / f"{name}.html").write_text(page.content())
+
+
+def _materialize_one_partition_in_ui(page: Page, services: DagsterServices, key: str) -> str:
+    """Drive the UI: catalog, job, launch dialog, run page. Returns the run id shown by the UI."""
+    page.goto(f"{services.url}/assets")
+    for asset in SHOWN_ASSETS:
+        expect(page.get_by_role("link", name=_word(asset))).to_be_visible()
+    _save(page, "ui_asset_catalog")
+
+    page.get_by_role("link", name=_word("Jobs")).click()
+    page.get_by_role("link", name=_word("question_run_job")).click()
+    expect(page).to_have_url(re.compile(r"/jobs/question_run_job"))
+    page.get_by_role("button", name=re.compile(r"(^|\s)Materialize all")).click()
+
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Launch runs to materialize 6 assets")).to_be_visible()
+    dialog.get_by_text("Select a partition or create one").click()
+    # The partition picker is a popover outside the dialog; it lists every registered key.
+    expect(page.get_by_text("Select all (45)", exact=True)).to_be_visible()
+    page.get_by_placeholder("Filter partitions").fill(key)
+    # The checkbox input itself is hidden behind a styled box: click its menu row instead.
+    page.get_by_role("menuitem").filter(has_text=key).click()
+    expect(page.get_by_role("checkbox", name=key)).to_be_checked()
+    # Close the popover by clicking the dialog's title (Escape would close the whole dialog).
+    dialog.get_by_text("Launch runs to materialize 6 assets").click()
+    expect(page.get_by_placeholder("Filter partitions")).to_be_hidden()
+    expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+    _save(page, "ui_launch_dialog")
+    # One partition launches a single run, not a backfill.
+    dialog.get_by_role("button", name=_word("Launch 1 run")).click()
+
+    # The toast's "View" is a link styled as a button, and the toast goes away after a few seconds.
+    notifications = page.get_by_role("region", name=re.compile(r"^Notifications"))
+    toast = notifications.get_by_text(re.compile(r"^Launched run [0-9a-f]{8}$"))
+    expect(toast).to_be_visible()
+    short_id = toast.inner_text().rsplit(" ", 1)[1]
+    notifications.get_by_text("View", exact=True).click()
+    expect(page).to_have_url(re.compile(rf"/runs/{short_id}[0-9a-f-]+$"))
+    expect(page.get_by_text(f"partition: {key}", exact=True)).to_be_visible()
+    # Queued, then launched by the daemon's run coordinator; the status tag turns to Success.
+    expect(page.get_by_text("Success", exact=True)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible()
+    _save(page, "ui_materialize_success")
+    return urlsplit(page.url).path.rsplit("/", 1)[1]
+
+
+def test_materialize_one_question_run_from_the_ui(
+    tmp_path: Path, postgres_databases: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is required at /usr/bin/chromium: `apt-get install -y chromium`")
+
+    app_url, storage_url = postgres_databases(), postgres_databases()
+    upgrade(app_url)
+    load_example(app_url)
+    with session_scope(app_url) as session:
+        open_cycle(session, "acme")
+        orgs, keys = desired_org_partitions(session)
+    assert orgs == {"acme"} and len(keys) == 45
+    key = sorted(keys)[0]
+
+    home = tmp_path / "dagster_home"
+    write_production_instance(home, {})
+    for name, value in postgres_env(storage_url).items():
+        monkeypatch.setenv(name, value)
+    extra_env = {
+        **postgres_env(storage_url),
+        "ICP_DATABASE_URL": app_url,
+        "ICP_OUTBOX_DIR": str(tmp_path / "outbox"),
+    }
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("question_runs", sorted(keys))
+        instance.add_dynamic_partitions("orgs", ["acme"])
+        _stop_sensors(service_env(home, extra_env))
+
+        hosts: list[str | None] = []
+        with dagster_services(home, extra_env) as services, sync_playwright() as playwright:
+            statuses = _sensor_statuses(services)
+            assert {name: statuses[name] for name in PROJECT_SENSORS} == dict.fromkeys(
+                PROJECT_SENSORS, "STOPPED"
+            )
+
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.route("**/*", _local_only(hosts))
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            # expect's default is process-wide; no other test here uses Playwright.
+            expect.set_options(timeout=UI_TIMEOUT_MS)
+            # A fresh instance greets the first visitor with a newsletter dialog, whenever it pops up.
+            page.add_locator_handler(
+                page.get_by_text("Join the Dagster community"),
+                lambda: page.get_by_role("button", name="Skip", exact=True).click(),
+            )
+            try:
+                run_id = _materialize_one_partition_in_ui(page, services, key)
+            except BaseException:
+                with suppress(Exception):  # a dead page must not hide the original error
+                    _save(page, "ui_failure", html=True)
+                raise
+            finally:
+                browser.close()
+
+        # The UI's word is checked against the instance: one run, for that partition, succeeded.
+        runs = list(instance.get_runs(RunsFilter(job_name="question_run_job")))
+        assert [(r.run_id, r.status, r.tags.get("dagster/partition")) for r in runs] == [
+            (run_id, Status.SUCCESS, key)
+        ]
+        # Nothing else ran: the stopped sensors launched none of the other 44 items.
+        assert [r.run_id for r in instance.get_runs()] == [run_id]
+    # The browser talked to the webserver and to nothing else.
+    assert set(hosts) == {"127.0.0.1"}
+
+    with session_scope(app_url) as session:
+        stored = session.execute(
+            sa.select(CycleItem.partition_key, CycleItem.status, QuestionRun.status).join(
+                QuestionRun, QuestionRun.cycle_item_id == CycleItem.id
+            )
+        ).all()
+    assert [tuple(row) for row in stored] == [(key, "succeeded", "completed")]
