@@ -11,9 +11,13 @@ RUN useradd --create-home --uid 10001 icp \
     && chown -R icp:icp /opt/dagster/home
 
 WORKDIR /opt/icp
+# Pinned dependencies first (their own layer, rebuilt only when the lock changes), then the project
+# itself without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY icp_pipeline ./icp_pipeline
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps . && pip check
 COPY dagster.yaml workspace.yaml /opt/dagster/home/
 
 USER 10001
