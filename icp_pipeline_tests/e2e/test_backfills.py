@@ -5,11 +5,11 @@ Two models are down during the first cycle, so 6 of its 9 question runs fail. Th
 (the daemon restarts without the fault); a CLI backfill of exactly the failed partitions buys only
 their answers, one run per partition, never more than 3 model calls at once, and the cycle rolls up
 and pushes again. UI-style backfills of every question-run and segment partition then launch one run
-per partition and buy nothing.
+per partition and buy nothing, and two backfills of the same partitions never run a partition twice
+at once.
 """
 
 import subprocess
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -19,19 +19,18 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.dagster_run import RunsFilter
 
 from icp_pipeline.db.models import Cycle, CycleItem, ModelCall
-from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.db.session import session_scope
 from icp_pipeline.segments.site_file import parse_site_text, upsert_site
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.e2e.conftest import ProductionStack
 from icp_pipeline_tests.integration.test_segments import EXAMPLE_SITE
 from icp_pipeline_tests.support.dagster_services import (
     BIN,
     REPO_ROOT,
     DagsterServices,
     dagster_services,
-    postgres_env,
     wait_until,
-    write_production_instance,
 )
 from icp_pipeline_tests.support.pipeline import count, max_concurrent_calls
 from icp_pipeline_tests.support.webhook import WebhookReceiver
@@ -107,26 +106,20 @@ def _answer_calls(app_url: str) -> dict[int, list[int]]:
 
 
 def test_backfills_from_the_cli_and_the_ui_launch_one_run_per_partition_and_rebuy_only_failures(
-    tmp_path: Path, postgres_databases, monkeypatch: pytest.MonkeyPatch
+    production_stack: ProductionStack,
 ) -> None:
-    app_url, storage_url = postgres_databases(), postgres_databases()
-    upgrade(app_url)
+    app_url, home = production_stack.app_url, production_stack.home
     _load_small_org_and_site(app_url)
-    home = tmp_path / "dagster_home"
-    write_production_instance(home, {"run_monitoring": {"poll_interval_seconds": 2}})
-    for name, value in postgres_env(storage_url).items():
-        monkeypatch.setenv(name, value)
-    env = {
-        **postgres_env(storage_url),
-        "ICP_DATABASE_URL": app_url,
-        "ICP_OUTBOX_DIR": str(tmp_path / "outbox"),
-        "ICP_OFFLINE_LATENCY_SECONDS": "1.0",
-        "ICP_OFFLINE_FAIL_MODELS": DOWN_MODELS,
-    }
-
     with (
         WebhookReceiver() as push_hook,
-        dagster_services(home, {**env, "ICP_PUSH_WEBHOOK_URL": push_hook.url}) as services,
+        dagster_services(
+            home,
+            production_stack.service_env(
+                ICP_PUSH_WEBHOOK_URL=push_hook.url,
+                ICP_OFFLINE_LATENCY_SECONDS="1.0",
+                ICP_OFFLINE_FAIL_MODELS=DOWN_MODELS,
+            ),
+        ) as services,
         dg.DagsterInstance.from_config(str(home)) as instance,
     ):
 
@@ -207,9 +200,13 @@ def test_backfills_from_the_cli_and_the_ui_launch_one_run_per_partition_and_rebu
         all_keys = sorted(instance.get_dynamic_partitions("question_runs"))
         segment_keys = sorted(instance.get_dynamic_partitions("segments"))
         assert len(all_keys) == 9 and len(segment_keys) == 4
-        question_backfill = _ui_backfill(services, QUESTION_RUN_ASSETS, all_keys)
+        # The same question-run partitions twice, as two operators clicking at once would: the queue's
+        # per-partition limit (dagster.yaml) runs a partition's two runs one after the other.
+        question_backfills = [_ui_backfill(services, QUESTION_RUN_ASSETS, all_keys) for _ in range(2)]
         segment_backfill = _ui_backfill(services, ["segment_icp"], segment_keys)
-        for backfill_id, keys_expected in ((question_backfill, all_keys), (segment_backfill, segment_keys)):
+        launched = [(b, all_keys) for b in question_backfills] + [(segment_backfill, segment_keys)]
+        run_ids = []
+        for backfill_id, keys_expected in launched:
             runs = wait_until(
                 lambda b=backfill_id, k=keys_expected: _finished_backfill_runs(instance, b, len(k)),
                 timeout=300,
@@ -219,5 +216,15 @@ def test_backfills_from_the_cli_and_the_ui_launch_one_run_per_partition_and_rebu
             )
             assert sorted(r.tags["dagster/partition"] for r in runs) == keys_expected
             assert all(r.status == Status.SUCCESS for r in runs)
+            run_ids += [r.run_id for r in runs]
         # Every answer, claim and segment build was already stored: the backfills bought nothing.
         assert count(app_url, ModelCall) == calls_before
+
+        # No partition ever had two runs in progress at once.
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for record in instance.get_run_records(RunsFilter(run_ids=run_ids)):
+            key = record.dagster_run.tags["dagster/partition"]
+            spans.setdefault(key, []).append((record.start_time, record.end_time))
+        for key, (first, second) in ((k, sorted(v)) for k, v in spans.items() if len(v) == 2):
+            assert first[1] <= second[0], f"two runs of {key} overlapped: {first} and {second}"
+        assert sum(len(v) == 2 for v in spans.values()) == 9

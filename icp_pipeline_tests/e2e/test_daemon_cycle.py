@@ -14,31 +14,25 @@ import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+import yaml
 from dagster._core.storage.dagster_run import RunsFilter
 
 from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, PushDelivery, QuestionRun
-from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.db.session import session_scope
 from icp_pipeline.visibility.push import idempotency_key
 from icp_pipeline_tests.conftest import load_example
-from icp_pipeline_tests.support.dagster_services import (
-    dagster_services,
-    postgres_env,
-    wait_until,
-    write_production_instance,
-)
+from icp_pipeline_tests.e2e.conftest import ProductionStack
+from icp_pipeline_tests.support.dagster_services import dagster_services, wait_until
 from icp_pipeline_tests.support.pipeline import count, max_concurrent_calls
 from icp_pipeline_tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.postgres
 
 SECRET = "e2e-push-secret"
-# Shorter polling than production so the test spends its time running the cycle, not waiting.
-TEST_OVERRIDES = {"run_monitoring": {"poll_interval_seconds": 2, "free_slots_after_run_end_seconds": 2}}
 Status = dg.DagsterRunStatus
 
 
@@ -64,33 +58,24 @@ def _worker_mid_model_call(instance: dg.DagsterInstance) -> tuple[dg.DagsterRun,
     return None
 
 
-def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(
-    tmp_path: Path, postgres_databases, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app_url, storage_url = postgres_databases(), postgres_databases()
-    upgrade(app_url)
+def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: ProductionStack) -> None:
+    app_url, home = production_stack.app_url, production_stack.home
     load_example(app_url)
-    home = tmp_path / "dagster_home"
-    config = write_production_instance(home, TEST_OVERRIDES)
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    for name, value in postgres_env(storage_url).items():
-        monkeypatch.setenv(name, value)
 
     with (
         WebhookReceiver() as push_hook,
         WebhookReceiver() as alert_hook,
         dagster_services(
             home,
-            {
-                **postgres_env(storage_url),
-                "ICP_DATABASE_URL": app_url,
-                "ICP_PUSH_WEBHOOK_URL": push_hook.url,
-                "ICP_PUSH_WEBHOOK_SECRET": SECRET,
-                "ICP_ALERT_WEBHOOK_URL": alert_hook.url,
-                "ICP_OUTBOX_DIR": str(tmp_path / "outbox"),
+            production_stack.service_env(
+                ICP_PUSH_WEBHOOK_URL=push_hook.url,
+                ICP_PUSH_WEBHOOK_SECRET=SECRET,
+                ICP_ALERT_WEBHOOK_URL=alert_hook.url,
                 # Each model call takes 1 s, so calls overlap and the pool cap is what limits them.
-                "ICP_OFFLINE_LATENCY_SECONDS": "1.0",
-            },
+                ICP_OFFLINE_LATENCY_SECONDS="1.0",
+            ),
         ) as services,
         dg.DagsterInstance.from_config(str(home)) as instance,
     ):

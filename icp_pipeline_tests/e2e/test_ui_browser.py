@@ -22,17 +22,16 @@ from dagster._core.storage.dagster_run import RunsFilter
 from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from icp_pipeline.db.models import CycleItem, QuestionRun
-from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.db.session import session_scope
 from icp_pipeline.visibility.cycles import desired_org_partitions, open_cycle
 from icp_pipeline_tests.conftest import load_example
+from icp_pipeline_tests.e2e.conftest import ProductionStack
 from icp_pipeline_tests.support.dagster_services import (
     BIN,
     REPO_ROOT,
     DagsterServices,
     dagster_services,
-    postgres_env,
     service_env,
-    write_production_instance,
 )
 
 pytestmark = pytest.mark.postgres
@@ -159,30 +158,18 @@ def _materialize_one_partition_in_ui(page: Page, services: DagsterServices, key:
     return urlsplit(page.url).path.rsplit("/", 1)[1]
 
 
-def test_materialize_one_question_run_from_the_ui(
-    tmp_path: Path, postgres_databases: Callable[[], str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_materialize_one_question_run_from_the_ui(production_stack: ProductionStack) -> None:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is required at /usr/bin/chromium: `apt-get install -y chromium`")
 
-    app_url, storage_url = postgres_databases(), postgres_databases()
-    upgrade(app_url)
+    app_url, home = production_stack.app_url, production_stack.home
     load_example(app_url)
     with session_scope(app_url) as session:
         open_cycle(session, "acme")
         orgs, keys = desired_org_partitions(session)
     assert orgs == {"acme"} and len(keys) == 45
     key = sorted(keys)[0]
-
-    home = tmp_path / "dagster_home"
-    write_production_instance(home, {})
-    for name, value in postgres_env(storage_url).items():
-        monkeypatch.setenv(name, value)
-    extra_env = {
-        **postgres_env(storage_url),
-        "ICP_DATABASE_URL": app_url,
-        "ICP_OUTBOX_DIR": str(tmp_path / "outbox"),
-    }
+    extra_env = production_stack.service_env()
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("question_runs", sorted(keys))

@@ -82,6 +82,10 @@ def test_production_dagster_yaml_loads_on_postgres_with_the_pool_cap(
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.event_log_storage.get_pool_config().default_pool_limit == 3
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert limits == [
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
         assert instance.run_monitoring_enabled
         assert instance.run_retries_enabled
     finally:
