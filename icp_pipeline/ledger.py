@@ -5,11 +5,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import ModelCall
+from icp_pipeline.db.models import ModelCall, PurchaseClaim
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, ProviderFor
+from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.providers.structured import complete_structured
 
 T = TypeVar("T", bound=BaseModel)
@@ -121,3 +124,54 @@ def buy_structured(
             with session_scope(db_url) as session:
                 record_failed_call(session, purpose, request, error, started, **owner)
         raise
+
+
+# A claim older than a step's whole budget belongs to a worker that died; it may be taken over.
+CLAIM_TTL = timedelta(seconds=STEP_BUDGET_SECONDS + 30)
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+class PurchaseInProgress(ProviderError):
+    """Another run is buying this answer right now: wait for it to reach the ledger, then reuse it.
+    A retryable provider-side wait as far as the step is concerned; no call was made."""
+
+    def __init__(self, request: ModelRequest, subject: str, wait_seconds: float) -> None:
+        super().__init__(
+            request.provider,
+            request.model,
+            f"another run is buying {subject}; retrying in {wait_seconds:.0f}s to reuse its answer",
+            retryable=True,
+            retry_after=wait_seconds,
+        )
+
+
+def claim_purchase(db_url: str, subject: str, claimant: str, request: ModelRequest) -> None:
+    """Take the right to buy `subject` for `claimant`, or raise PurchaseInProgress while another live
+    claimant holds it. One upsert decides, atomically on SQLite and PostgreSQL: a free subject, the
+    claimant's own claim (a retry of the same run group) or an abandoned claim is taken."""
+    now = datetime.now(UTC)
+    with session_scope(db_url) as session:
+        insert = _INSERTS[session.get_bind().dialect.name](PurchaseClaim)
+        session.execute(
+            insert.values(subject=subject, claimant=claimant, claimed_at=now).on_conflict_do_update(
+                index_elements=[PurchaseClaim.subject],
+                set_={"claimant": claimant, "claimed_at": now},
+                where=(PurchaseClaim.claimant == claimant) | (PurchaseClaim.claimed_at < now - CLAIM_TTL),
+            )
+        )
+        holder = session.get(PurchaseClaim, subject, populate_existing=True)
+        if holder.claimant != claimant:
+            claimed_at = (
+                holder.claimed_at.replace(tzinfo=UTC)
+                if holder.claimed_at.tzinfo is None
+                else holder.claimed_at
+            )
+            left = (claimed_at + CLAIM_TTL - now).total_seconds()
+            raise PurchaseInProgress(request, subject, min(max(left, 1.0), 30.0))
+
+
+def release_purchase(db_url: str, subject: str, claimant: str) -> None:
+    with session_scope(db_url) as session:
+        session.execute(
+            delete(PurchaseClaim).where(PurchaseClaim.subject == subject, PurchaseClaim.claimant == claimant)
+        )

@@ -148,6 +148,17 @@ class CycleItem(Base):
     location: Mapped[OrgLocation] = relationship()
 
 
+class PurchaseClaim(Base):
+    """Who is buying a model answer right now. Two runs of one partition (a backfill and a CLI run, say)
+    must not both pay for it: the first takes the claim, the second waits for the ledger."""
+
+    __tablename__ = "purchase_claims"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)  # e.g. "answer:<cycle item id>"
+    claimant: Mapped[str] = mapped_column(String(120))  # the Dagster run group (root run id)
+    claimed_at: Mapped[datetime] = mapped_column()
+
+
 class ModelCall(Base):
     """Ledger of every paid (or synthetic) model call, written the moment the answer arrives."""
 

@@ -28,7 +28,14 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.ledger import buy_structured, record_call, record_failed_call, total_cost
+from icp_pipeline.ledger import (
+    buy_structured,
+    claim_purchase,
+    record_call,
+    record_failed_call,
+    release_purchase,
+    total_cost,
+)
 from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.factory import location_in_prompt
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
@@ -75,8 +82,24 @@ def fail_partition(db_url: str, partition_key: str, step: str, error: str) -> No
 # --- question-run steps -------------------------------------------------------------------------
 
 
-def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> dict[str, Any]:
-    """Ask the assistant once per item. An item whose answer is already in the ledger is never asked again."""
+def _buy_answer(db_url: str, item_id: int, request: ModelRequest, provider_for: ProviderFor) -> ModelCall:
+    started = datetime.now(UTC)
+    request = replace(request, deadline=time.monotonic() + STEP_BUDGET_SECONDS)
+    try:
+        response = provider_for(request.provider, request.model).complete(request)
+    except ProviderError as error:
+        with session_scope(db_url) as session:
+            record_failed_call(session, "answer", request, error, started, cycle_item_id=item_id)
+        raise
+    with session_scope(db_url) as session:
+        call = record_call(session, "answer", request, response, started, cycle_item_id=item_id)
+        set_item_status(session, session.get(CycleItem, item_id), "answered")
+    return call
+
+
+def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor, claimant: str) -> dict[str, Any]:
+    """Ask the assistant once per item. An item whose answer is already in the ledger is never asked again.
+    `claimant` names the caller's run group: its own retries may take over its claim."""
     with session_scope(db_url) as session:
         items = items_for_partition(session, partition_key)
         org_id = items[0].cycle.org_id
@@ -117,17 +140,19 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor) -> d
             )
     bought: list[ModelCall] = []
     for item_id, request in todo:
-        started = datetime.now(UTC)
-        request = replace(request, deadline=time.monotonic() + STEP_BUDGET_SECONDS)
+        # Two runs of one partition (a CLI run next to a daemon run, say) must not both pay: the
+        # first claims the purchase, the other waits (PurchaseInProgress) and then reuses its answer.
+        subject = f"answer:{item_id}"
+        claim_purchase(db_url, subject, claimant, request)
         try:
-            response = provider_for(request.provider, request.model).complete(request)
-        except ProviderError as error:
             with session_scope(db_url) as session:
-                record_failed_call(session, "answer", request, error, started, cycle_item_id=item_id)
-            raise
-        with session_scope(db_url) as session:
-            bought.append(record_call(session, "answer", request, response, started, cycle_item_id=item_id))
-            set_item_status(session, session.get(CycleItem, item_id), "answered")
+                existing = _ok_call(session, item_id, "answer")  # bought while we waited for the claim
+            if existing is not None:
+                reused.append(existing)
+                continue
+            bought.append(_buy_answer(db_url, item_id, request, provider_for))
+        finally:
+            release_purchase(db_url, subject, claimant)
     calls = bought + reused
     return {
         "bought": len(bought),

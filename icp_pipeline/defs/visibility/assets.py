@@ -60,8 +60,10 @@ def _question_run_asset(**kwargs: Any) -> Callable:
 def ai_answer(
     context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
 ) -> dg.MaterializeResult:
+    # A run and its retries (a crashed run's re-execution too) share the root run id: one claimant.
+    claimant = context.run.tags.get("dagster/root_run_id", context.run_id)
     with question_run_step(context, app_db, "ai_answer", MODEL_RETRY):
-        summary = steps.buy_answers(app_db.resolved_url, context.partition_key, models.provider_for)
+        summary = steps.buy_answers(app_db.resolved_url, context.partition_key, models.provider_for, claimant)
     return dg.MaterializeResult(
         metadata=known(
             {
