@@ -172,6 +172,20 @@ def build_segment(
     }
 
 
+def close_unbuilt_segment(db_url: str, partition_key: str, error: str, options: BuildOptions) -> bool:
+    """A build whose worker died stored nothing, so the site summary would wait for it forever: record
+    it failed. A segment that already has a result (an earlier build) keeps it. True when recorded."""
+    with session_scope(db_url) as session:
+        segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
+        if segment is None:
+            return False
+        if session.scalars(select(SegmentResult.id).where(SegmentResult.segment_id == segment.id)).first():
+            return False
+        segment_id = segment.id
+    _store_result(db_url, segment_id, options, time.monotonic(), error=error)
+    return True
+
+
 def _store_result(
     db_url: str,
     segment_id: int,

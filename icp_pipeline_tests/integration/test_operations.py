@@ -9,12 +9,13 @@ import sqlalchemy as sa
 import yaml
 from dagster._core.test_utils import create_run_for_test
 
-from icp_pipeline.db.models import CycleItem, Org
+from icp_pipeline.db.models import CycleItem, Org, Segment, SegmentResult
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
 from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_failure_alert_sensor
 from icp_pipeline.defs.resources import AppDatabase
 from icp_pipeline.segments.site_file import parse_site_file, upsert_site
+from icp_pipeline.segments.steps import sites_ready_for_summary, unbuilt_segments
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline_tests.conftest import EXAMPLE_ORG
@@ -223,3 +224,29 @@ def test_a_crashed_question_run_is_closed_once_no_run_retry_is_coming(sqlite_app
         last = crash(parent=first)
         assert last.tags["dagster/will_retry"] == "false"
         assert item_status() == ("failed", "run")
+
+
+def test_a_crashed_segment_build_is_recorded_failed_so_the_site_summary_can_run(sqlite_app: str) -> None:
+    with session_scope(sqlite_app) as session:
+        upsert_site(session, parse_site_file(EXAMPLE_SITE))
+        key = session.scalars(sa.select(Segment.partition_key)).one()
+    # No run retries on this instance: the failed run is final.
+    with dg.instance_for_test() as instance:
+        run = create_run_for_test(instance, job_name="segment_icp_job", tags={"dagster/partition": key})
+        instance.report_run_failed(run, "run worker exited with signal 9")
+        failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
+        context = dg.build_run_status_sensor_context(
+            sensor_name=run_failure_alert_sensor.name,
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=run,
+            resources={"app_db": AppDatabase(url=sqlite_app)},
+        ).for_run_failure()
+        run_failure_alert_sensor(context)
+    with session_scope(sqlite_app) as session:
+        result = session.scalars(sa.select(SegmentResult)).one()
+        assert not result.success and run.run_id in result.error
+        assert (result.provider, result.model) == ("openai", "gpt-4o-mini")  # the build's default options
+        # The segment is no longer "never built", and the site summary is now due.
+        assert unbuilt_segments(session) == []
+        assert [site for site, _ in sites_ready_for_summary(session)] == ["acme"]

@@ -9,10 +9,12 @@ import dagster as dg
 
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import AppDatabase
+from icp_pipeline.defs.segments.assets import ICPBuildConfig
 from icp_pipeline.defs.segments.jobs import segment_icp_job, site_summary_job
 from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
 from icp_pipeline.defs.visibility.jobs import org_cycle_job, question_run_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
+from icp_pipeline.segments import steps as segment_steps
 from icp_pipeline.segments.steps import desired_site_partitions, sites_ready_for_summary, unbuilt_segments
 from icp_pipeline.settings import redact_url
 from icp_pipeline.visibility import steps
@@ -88,7 +90,7 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
 
 @dg.run_failure_sensor(
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records every failed run, posts it to ICP_ALERT_WEBHOOK_URL when set, and closes crashed question runs.",
+    description="Records every failed run, posts it to ICP_ALERT_WEBHOOK_URL when set, and closes crashed runs.",
 )
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
     run = context.dagster_run
@@ -108,24 +110,28 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, app_db: AppDat
             httpx.post(url, json=alert, timeout=10).raise_for_status()
         except httpx.HTTPError as error:
             context.log.warning(f"alert to {redact_url(url)} failed: {type(error).__name__}")
-    close_crashed_question_run(context, app_db, run)
+    close_crashed_run(context, app_db, run)
 
 
-def close_crashed_question_run(
-    context: dg.RunFailureSensorContext, app_db: AppDatabase, run: dg.DagsterRun
-) -> None:
-    """A question run whose worker died (killed, out of memory) never reached its own failure handling,
-    so its cycle item stays open and the cycle never completes. Once no run retry is coming, mark it
-    failed; a later backfill of the partition re-opens it. Items a step already closed are left as they are."""
+def close_crashed_run(context: dg.RunFailureSensorContext, app_db: AppDatabase, run: dg.DagsterRun) -> None:
+    """A question run or segment build whose worker died (killed, out of memory) never reached its own
+    failure handling: the cycle item stays open, or the segment has no result, and the cycle or the site
+    summary would wait forever. Once no run retry is coming, record the failure; a later backfill of the
+    partition redoes it. What a step already recorded is left as it is."""
     partition = run.tags.get("dagster/partition")
-    if run.job_name != question_run_job.name or not partition:
+    if run.job_name not in (question_run_job.name, segment_icp_job.name) or not partition:
         return
     # Dagster tags a failed run `dagster/will_retry` when run retries are on; re-read it, the tag is
     # written when the failure is stored.
     current = context.instance.get_run_by_id(run.run_id) or run
     if current.tags.get("dagster/will_retry") == "true":
         return
-    with suppress(LookupError):  # a partition with no cycle has no item to close
-        steps.fail_partition(
-            app_db.resolved_url, partition, "run", f"run {run.run_id} failed: {context.failure_event.message}"
+    message = f"run {run.run_id} failed: {context.failure_event.message}"
+    if run.job_name == question_run_job.name:
+        with suppress(LookupError):  # a partition with no cycle has no item to close
+            steps.fail_partition(app_db.resolved_url, partition, "run", message)
+    else:
+        config = run.run_config.get("ops", {}).get("segment_icp", {}).get("config", {})
+        segment_steps.close_unbuilt_segment(
+            app_db.resolved_url, partition, message, ICPBuildConfig(**config).options()
         )
