@@ -345,6 +345,21 @@ class PushDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RunFailure(Base):
+    """A failed Dagster run, recorded once by the failure sensor, with how its alert went."""
+
+    __tablename__ = "run_failures"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_name: Mapped[str] = mapped_column(String(200))
+    partition_key: Mapped[str | None] = mapped_column(String(400), nullable=True, index=True)
+    error: Mapped[str] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    alert_status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed | off
+    alert_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    alert_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 # --- ICP segments ---------------------------------------------------------------------------------
 
 

@@ -52,7 +52,8 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def _retryable(status_code: int) -> bool:
+def retryable_status(status_code: int) -> bool:
+    """A webhook answer worth another attempt: a server error, a timeout or a rate limit."""
     return status_code >= 500 or status_code in (408, 429)
 
 
@@ -104,7 +105,7 @@ def push_snapshot(session: Session, snapshot: AnalyticsSnapshot, settings: PushS
                 status_code = response.status_code
                 ok = 200 <= status_code < 300
                 last_error = "" if ok else f"HTTP {status_code}"
-                retry = not ok and _retryable(status_code)
+                retry = not ok and retryable_status(status_code)
             except httpx.TransportError as exc:
                 ok, retry, last_error = (
                     False,

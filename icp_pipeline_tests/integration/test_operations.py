@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import yaml
 from dagster._core.test_utils import create_run_for_test
 
-from icp_pipeline.db.models import CycleItem, Org, Segment, SegmentResult
+from icp_pipeline.db.models import CycleItem, Org, RunFailure, Segment, SegmentResult
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
 from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_failure_alert_sensor
@@ -149,7 +149,11 @@ def test_daily_schedule_opens_each_orgs_cycle_when_its_own_cron_fires(sqlite_app
     assert _daily(sqlite_app, monday + timedelta(hours=6)) == [("globex", "cycle-globex-2026-11-23T06:00")]
 
 
-def test_run_failure_sensor_posts_an_alert(sqlite_app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def _failed_run_context(
+    instance: dg.DagsterInstance, db_url: str
+) -> tuple[dg.RunFailureSensorContext, dg.DagsterRun]:
+    """A real failed run of a job whose op raises, and the failure sensor's context for it."""
+
     @dg.op
     def explode() -> None:
         raise RuntimeError("model provider down")
@@ -158,22 +162,61 @@ def test_run_failure_sensor_posts_an_alert(sqlite_app: str, monkeypatch: pytest.
     def broken() -> None:
         explode()
 
-    with dg.instance_for_test() as instance, WebhookReceiver() as hook:
+    result = broken.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=run_failure_alert_sensor.name,
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"app_db": AppDatabase(url=db_url)},
+    ).for_run_failure()
+    return context, result.dagster_run
+
+
+def _failure_row(db_url: str, run_id: str) -> tuple[str, int, str | None]:
+    with session_scope(db_url) as session:
+        row = session.get(RunFailure, run_id)
+        return row.alert_status, row.alert_attempts, row.alert_error
+
+
+def test_run_failure_sensor_records_the_failure_and_alerts_once(
+    sqlite_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with dg.instance_for_test() as instance, WebhookReceiver(fail_first=1) as hook:
         monkeypatch.setenv("ICP_ALERT_WEBHOOK_URL", hook.url)
-        result = broken.execute_in_process(instance=instance, raise_on_error=False)
-        assert not result.success
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-        context = dg.build_run_status_sensor_context(
-            sensor_name=run_failure_alert_sensor.name,
-            dagster_event=failure,
-            dagster_instance=instance,
-            dagster_run=result.dagster_run,
-            resources={"app_db": AppDatabase(url=sqlite_app)},
-        ).for_run_failure()
+        context, run = _failed_run_context(instance, sqlite_app)
         run_failure_alert_sensor(context)
-        assert len(hook.requests) == 1
-        alert = hook.requests[0].json
-        assert alert["run_id"] == result.run_id and alert["job"] == "broken"
+        # The receiver's first 503 was retried; the record says so.
+        assert len(hook.requests) == 2
+        alert = hook.requests[-1].json
+        assert alert["run_id"] == run.run_id and alert["job"] == "broken"
+        assert "model provider down" in alert["error"]
+        assert _failure_row(sqlite_app, run.run_id) == ("sent", 2, None)
+        # Evaluated again for the same run (a daemon restart, say): no second row, no second alert.
+        run_failure_alert_sensor(context)
+        assert len(hook.requests) == 2
+        with session_scope(sqlite_app) as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(RunFailure)) == 1
+
+
+def test_an_undeliverable_alert_is_recorded_without_the_urls_secret(
+    sqlite_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with dg.instance_for_test() as instance:
+        # Nothing listens on port 9 here; the token in the query string must not reach the record.
+        monkeypatch.setenv("ICP_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook?token=s3cret-token")
+        context, run = _failed_run_context(instance, sqlite_app)
+        run_failure_alert_sensor(context)
+        status, attempts, error = _failure_row(sqlite_app, run.run_id)
+        assert (status, attempts) == ("failed", 3)
+        assert "127.0.0.1:9" in error and "s3cret-token" not in error
+        # Without a webhook the failure is still recorded, its alert marked off.
+        monkeypatch.delenv("ICP_ALERT_WEBHOOK_URL")
+        context, run = _failed_run_context(instance, sqlite_app)
+        run_failure_alert_sensor(context)
+        assert _failure_row(sqlite_app, run.run_id) == ("off", 0, None)
 
 
 def test_a_crashed_question_run_is_closed_once_no_run_retry_is_coming(sqlite_app: str) -> None:

@@ -3,10 +3,11 @@
 import json
 import os
 from contextlib import suppress
-from datetime import UTC, datetime
 
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
+from icp_pipeline.alerts import alert_payload, deliver_alert, record_run_failure
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import AppDatabase
 from icp_pipeline.defs.segments.assets import ICPBuildConfig
@@ -16,7 +17,6 @@ from icp_pipeline.defs.visibility.jobs import org_cycle_job, question_run_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.segments import steps as segment_steps
 from icp_pipeline.segments.steps import desired_site_partitions, sites_ready_for_summary, unbuilt_segments
-from icp_pipeline.settings import redact_url
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import (
     desired_org_partitions,
@@ -90,27 +90,35 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
 
 @dg.run_failure_sensor(
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records every failed run, posts it to ICP_ALERT_WEBHOOK_URL when set, and closes crashed runs.",
+    description="Records every failed run, alerts ICP_ALERT_WEBHOOK_URL when set, and closes crashed runs.",
 )
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
     run = context.dagster_run
-    alert = {
-        "run_id": run.run_id,
-        "job": run.job_name,
-        "partition": run.tags.get("dagster/partition"),
-        "error": (context.failure_event.message or "")[:2000],
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-    context.log.error(f"run failed: {json.dumps(alert)}")
-    url = os.environ.get("ICP_ALERT_WEBHOOK_URL")
-    if url:
-        import httpx
-
-        try:
-            httpx.post(url, json=alert, timeout=10).raise_for_status()
-        except httpx.HTTPError as error:
-            context.log.warning(f"alert to {redact_url(url)} failed: {type(error).__name__}")
+    # The run's own message only names the failed steps; the steps' errors say what went wrong.
+    step_errors = [
+        f"{event.step_key}: {_error_chain(event.event_specific_data.error)}"
+        for event in context.get_step_failure_events()
+        if event.event_specific_data and event.event_specific_data.error
+    ]
+    error = "\n".join([context.failure_event.message or "run failed", *step_errors])
+    with session_scope(app_db.resolved_url) as session:
+        failure = record_run_failure(
+            session, run.run_id, run.job_name, run.tags.get("dagster/partition"), error
+        )
+        context.log.error(f"run failed: {json.dumps(alert_payload(failure))}")
+    status = deliver_alert(app_db.resolved_url, run.run_id, os.environ.get("ICP_ALERT_WEBHOOK_URL"))
+    if status == "failed":
+        context.log.warning(f"alert for run {run.run_id} could not be delivered; see run_failures")
     close_crashed_run(context, app_db, run)
+
+
+def _error_chain(error: SerializableErrorInfo | None) -> str:
+    """An error's message and its causes' (Dagster wraps a step's own exception in its own error)."""
+    messages = []
+    while error is not None:
+        messages.append(error.message.strip())
+        error = error.cause
+    return " <- ".join(messages)
 
 
 def close_crashed_run(context: dg.RunFailureSensorContext, app_db: AppDatabase, run: dg.DagsterRun) -> None:
