@@ -228,3 +228,15 @@ def test_backfills_from_the_cli_and_the_ui_launch_one_run_per_partition_and_rebu
         for key, (first, second) in ((k, sorted(v)) for k, v in spans.items() if len(v) == 2):
             assert first[1] <= second[0], f"two runs of {key} overlapped: {first} and {second}"
         assert sum(len(v) == 2 for v in spans.values()) == 9
+
+        # The site's summary ran once, after its 4 segments were first built by the sensor; the
+        # backfill reused every build, so nothing asked for another summary.
+        summaries = wait_until(
+            lambda: instance.get_runs(RunsFilter(job_name="site_summary_job", statuses=[Status.SUCCESS])),
+            timeout=120,
+            interval=2,
+            what="the site summary",
+            logs=services.logs,
+        )
+        assert [r.tags["dagster/partition"] for r in summaries] == ["acme"]
+        assert len(instance.get_runs(RunsFilter(job_name="site_summary_job"))) == 1
