@@ -100,7 +100,7 @@ def join_new_combinations(session: Session) -> dict[int, int]:
     Only the latest cycle is compared, so the cost stays bounded by one cycle's size.
     Returns {cycle id: items added}."""
     added: dict[int, int] = {}
-    for org_id in session.scalars(select(Org.id).order_by(Org.id)):
+    for org_id in list(session.scalars(select(Org.id).order_by(Org.id))):  # read out before writing
         cycle = latest_cycle(session, org_id)
         if cycle is None:
             continue
