@@ -99,7 +99,8 @@ class DagsterServices:
 
     @property
     def logs(self) -> Path:
-        return self.home / "logs"
+        # Beside DAGSTER_HOME, not in it: Dagster clears $DAGSTER_HOME/logs when its services start.
+        return self.home.parent / f"{self.home.name}-service-logs"
 
     def _start(self, name: str, command: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
