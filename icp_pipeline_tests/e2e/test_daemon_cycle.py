@@ -73,8 +73,9 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: 
                 ICP_PUSH_WEBHOOK_URL=push_hook.url,
                 ICP_PUSH_WEBHOOK_SECRET=SECRET,
                 ICP_ALERT_WEBHOOK_URL=alert_hook.url,
-                # Each model call takes 1 s, so calls overlap and the pool cap is what limits them.
-                ICP_OFFLINE_LATENCY_SECONDS="1.0",
+                # Each model call takes 3 s, so calls of runs launched seconds apart still overlap and the
+                # pool cap is what limits them (at 1 s, one run of the e2e suite peaked at 2).
+                ICP_OFFLINE_LATENCY_SECONDS="3.0",
             ),
         ) as services,
         dg.DagsterInstance.from_config(str(home)) as instance,
