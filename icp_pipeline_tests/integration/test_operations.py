@@ -164,15 +164,28 @@ def _failed_run_context(
 
     result = broken.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
-    context = dg.build_run_status_sensor_context(
+    return _failure_sensor_context(instance, result.dagster_run, db_url), result.dagster_run
+
+
+def _failure_sensor_context(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, db_url: str
+) -> dg.RunFailureSensorContext:
+    """The failure sensor's context for a run whose failure is in the instance's event log."""
+    failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
+    return dg.build_run_status_sensor_context(
         sensor_name=run_failure_alert_sensor.name,
         dagster_event=failure,
         dagster_instance=instance,
-        dagster_run=result.dagster_run,
+        dagster_run=run,
         resources={"app_db": AppDatabase(url=db_url)},
     ).for_run_failure()
-    return context, result.dagster_run
+
+
+def _crash(instance: dg.DagsterInstance, run: dg.DagsterRun, db_url: str) -> dg.DagsterRun:
+    """What the code server reports for a dead run worker, then the failure sensor's evaluation."""
+    instance.report_run_failed(run, "run worker exited with signal 9")
+    run_failure_alert_sensor(_failure_sensor_context(instance, run, db_url))
+    return instance.get_run_by_id(run.run_id)
 
 
 def _failure_row(db_url: str, run_id: str) -> tuple[str, int, str | None]:
@@ -243,17 +256,7 @@ def test_a_crashed_question_run_is_closed_once_no_run_retry_is_coming(sqlite_app
                 parent_run_id=parent.run_id if parent else None,
                 root_run_id=parent.run_id if parent else None,
             )
-            instance.report_run_failed(run, "run worker exited with signal 9")  # what the code server reports
-            failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
-            context = dg.build_run_status_sensor_context(
-                sensor_name=run_failure_alert_sensor.name,
-                dagster_event=failure,
-                dagster_instance=instance,
-                dagster_run=run,
-                resources={"app_db": AppDatabase(url=sqlite_app)},
-            ).for_run_failure()
-            run_failure_alert_sensor(context)
-            return instance.get_run_by_id(run.run_id)
+            return _crash(instance, run, sqlite_app)
 
         def item_status() -> tuple[str, str | None]:
             with session_scope(sqlite_app) as session:
@@ -276,16 +279,7 @@ def test_a_crashed_segment_build_is_recorded_failed_so_the_site_summary_can_run(
     # No run retries on this instance: the failed run is final.
     with dg.instance_for_test() as instance:
         run = create_run_for_test(instance, job_name="segment_icp_job", tags={"dagster/partition": key})
-        instance.report_run_failed(run, "run worker exited with signal 9")
-        failure = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
-        context = dg.build_run_status_sensor_context(
-            sensor_name=run_failure_alert_sensor.name,
-            dagster_event=failure,
-            dagster_instance=instance,
-            dagster_run=run,
-            resources={"app_db": AppDatabase(url=sqlite_app)},
-        ).for_run_failure()
-        run_failure_alert_sensor(context)
+        _crash(instance, run, sqlite_app)
     with session_scope(sqlite_app) as session:
         result = session.scalars(sa.select(SegmentResult)).one()
         assert not result.success and run.run_id in result.error
