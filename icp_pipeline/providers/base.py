@@ -22,6 +22,9 @@ class ModelRequest:
     deadline: float | None = None
     # Context only the offline provider reads, to make plausible synthetic output.
     offline_hints: dict[str, Any] = field(default_factory=dict)
+    # A paused turn being continued: the `continuation` of the previous (paused) response, sent back
+    # as the assistant's turn so far. None for a new turn.
+    continuation: Any = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,16 @@ class SourceCitation:
     url: str
     title: str | None = None
     cited: bool = True  # False: retrieved by a search tool but not cited in the text
+
+
+# How a turn finished. Only a "complete" turn is an answer; every other one is paid for, recorded in
+# the ledger with its usage, and never stored or reused as an answer.
+FINISH_COMPLETE = "complete"
+FINISH_PAUSED = "paused"  # Anthropic pause_turn: continue it by sending `continuation` back
+FINISH_TRUNCATED = "truncated"  # max_tokens / MAX_TOKENS / incomplete(max_output_tokens), text or not
+FINISH_REFUSED = "refused"  # refusal, content filter, safety block
+FINISH_EMPTY = "empty"  # no candidate / no content at all, for another reason
+FINISHES = (FINISH_COMPLETE, FINISH_PAUSED, FINISH_TRUNCATED, FINISH_REFUSED, FINISH_EMPTY)
 
 
 @dataclass
@@ -47,6 +60,18 @@ class ModelResponse:
     synthetic: bool = False
     latency_ms: int = 0
     cost_usd: float | None = None  # set by the provider layer from the price table; None = unknown
+    finish: str = FINISH_COMPLETE  # one of FINISHES
+    finish_reason: str | None = None  # the provider's own word for it: "max_tokens", "MAX_TOKENS", ...
+    # Input tokens written to the provider's prompt cache (billed above the plain input rate).
+    cache_write_tokens: int | None = None
+    # The exact HTTP response body as received (None when the SDK does not expose it).
+    raw_body: bytes | None = None
+    # For a paused turn: what to send back as the assistant's content to continue it.
+    continuation: Any = None
+
+    @property
+    def complete(self) -> bool:
+        return self.finish == FINISH_COMPLETE
 
 
 class ProviderError(Exception):
@@ -62,8 +87,12 @@ class ProviderError(Exception):
         status_code: int | None = None,
         raw_text: str | None = None,
         retry_after: float | None = None,
+        response: "ModelResponse | None" = None,
     ) -> None:
         self.provider = provider
+        # Set when the call was answered (and paid for) but the answer is unusable (unfinished,
+        # refused): the ledger records it as a paid, failed call with its usage and raw body.
+        self.response = response
         self.retry_after = retry_after
         self.model = model
         self.retryable = retryable
