@@ -14,15 +14,17 @@ from icp_pipeline.cli.site_build import build_site
 from icp_pipeline.db.models import ModelCall, Segment, SegmentResult
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import ModelProviderResource
+from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.resilience import PACER
 from icp_pipeline.segments.site_file import parse_site_file, upsert_site
-from icp_pipeline.segments.steps import BuildOptions
+from icp_pipeline.segments.steps import BuildOptions, summarize_site
 from icp_pipeline_tests.support.fake_providers import FakeOpenAI, status, text
 from icp_pipeline_tests.support.pipeline import count, pipeline_defs
 
 EXAMPLE_SITE = Path(__file__).parents[2] / "icp_pipeline" / "examples" / "acme_site.yaml"
 KEY = "sk-segments-test-77aa"
 OPENAI = BuildOptions(provider="openai", model="gpt-4o-mini")
+OFFLINE = BuildOptions(provider="offline", model="synthetic")
 GENERATED = ["Startups", "Agencies", "Retailers"]
 # Build order: the imported segment first, then the generated ones in the order the model gave them.
 KEYS = ["data-platform-teams", "startups", "agencies", "retailers"]
@@ -317,3 +319,31 @@ def test_pacing_spaces_segment_builds(site: str) -> None:
     completed = sorted(datetime.fromisoformat(row["completed_at"]) for row in outcome.table)
     gaps = [(b - a).total_seconds() for a, b in zip(completed, completed[1:], strict=False)]
     assert min(gaps) >= 0.4, gaps  # consecutive builds are at least the pacing apart
+
+
+class UnavailableProvider:
+    """A provider whose every call fails the way a provider outage does (retryable, nothing paid)."""
+
+    name = "unavailable"
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        raise ProviderError(request.provider, request.model, "HTTP 503: overloaded", retryable=True)
+
+
+def test_a_retryable_narrative_error_is_retried_and_the_last_attempt_keeps_the_ranking(site: str) -> None:
+    assert build_site("acme", OFFLINE, progress=False, defs=pipeline_defs(site)).summary_ok
+    again = BuildOptions("offline", "synthetic", rebuild=True)
+    with pytest.raises(ProviderError, match="HTTP 503"):
+        summarize_site(site, "acme", lambda *_: UnavailableProvider(), again, retry_narrative=True)
+    last = summarize_site(site, "acme", lambda *_: UnavailableProvider(), again, retry_narrative=False)
+    comparison = last["comparison"]
+    assert comparison["narrative"] is False and "HTTP 503" in comparison["warnings"][0]
+    assert [r["fit_score"] for r in comparison["ranking"]] == sorted(
+        (row["fit_score"] for row in last["segments"]), reverse=True
+    )
+    # The stored comparison has no narrative, so the next build (no rebuild) asks for it again.
+    calls = count(site, ModelCall, ModelCall.purpose == "site_summary")
+    assert summarize_site(site, "acme", pipeline_defs(site).resources["models"].provider_for, OFFLINE)[
+        "comparison"
+    ]["narrative"]
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == calls + 1
