@@ -102,5 +102,10 @@ def build_site(
         table = segment_table(session, site_id)
         stored = session.scalars(select(SiteSummary).where(SiteSummary.site_id == site_id)).first()
         summary = stored.summary if stored is not None and stored.success else None
+    if summary_ok and summary:
+        # e.g. no model narrative, or a segment the model named that was not built: shown, never fatal.
+        for warning in summary.get("warnings", []):
+            notices.append(f"site summary: {warning}")
+            sys.stderr.write(f"warning: {notices[-1]}\n")
     message = "" if summary_ok else f"site summary failed: {summary_error}"
     return BuildOutcome(site_id, succeeded, failed, summary_ok, table, summary, message, notices)

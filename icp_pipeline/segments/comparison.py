@@ -127,7 +127,9 @@ def compare_segments(
     for entry in narrative.ranking if narrative else []:
         segment_id = resolve_reference(entry.segment_id, segments)
         if segment_id is None:
-            warnings.append(f"the model ranked {entry.segment_id!r}, which is not a built segment; dropped")
+            warnings.append(
+                f"the model ranked {entry.segment_id!r}, which matches no single built segment; dropped"
+            )
             continue
         reasons.setdefault(segment_id, entry.reason)
         model_order.append(segment_id)

@@ -194,6 +194,7 @@ def test_a_comparison_naming_segments_by_name_still_builds_the_site(site, openai
     assert [r["reason"] for r in ranking] == ["fast", "many clients", "funnels", "warehouse"]
     assert outcome.summary["summary"] == "compared by name"
     assert any("'Enterprise data teams'" in w for w in outcome.summary["warnings"])
+    assert any("'Enterprise data teams'" in n for n in outcome.notices)  # printed, not only stored
     overlap = next(o for o in outcome.summary["overlaps"] if o["segment_ids"] == ["agencies", "startups"])
     assert overlap["shared_pains"] == ["slow answers"] and overlap["description"] == "both small teams"
     assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 1

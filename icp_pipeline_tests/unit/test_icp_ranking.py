@@ -115,7 +115,7 @@ def test_a_narrative_naming_segments_by_name_keeps_its_reasons_and_drops_unknown
     assert result["summary"] == "model summary" and result["recommendations"] == ["Lead with speed"]
     assert result["narrative"] is True
     warnings = "\n".join(result["warnings"])
-    assert "'Enterprise data teams', which is not a built segment" in warnings
+    assert "'Enterprise data teams', which matches no single built segment" in warnings
     assert "'Hospitals'" in warnings
     assert "order differs from the fit scores" in warnings
     json.dumps(result)  # stored as JSON
