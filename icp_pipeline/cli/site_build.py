@@ -1,6 +1,7 @@
 """Build a site's ICPs as real Dagster runs: segments, then one run per segment, then the summary."""
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -22,6 +23,8 @@ class BuildOutcome:
     table: list[dict[str, Any]]
     summary: dict[str, Any] | None
     message: str
+    # What the build did differently from the plan (e.g. went on without segment discovery).
+    notices: list[str] = field(default_factory=list)
 
 
 def build_site(
@@ -53,12 +56,22 @@ def build_site(
         tags,
         {"ops": {"site_segments": {"config": config}}},
     )
-    if not ok:
-        return BuildOutcome(site_id, 0, 0, False, [], None, f"segment discovery failed: {error}")
     with session_scope(db_url) as session:
         keys = list(
             session.scalars(select(Segment.partition_key).where(Segment.site_id == site_id, Segment.active))
         )
+    notices: list[str] = []
+    if not ok:
+        if not keys:
+            return BuildOutcome(site_id, 0, 0, False, [], None, f"segment discovery failed: {error}")
+        # The segments already stored (the imported ones, and any generated earlier) can still be built.
+        notices.append(
+            f"segment discovery failed ({error}); going on with the {len(keys)} segment(s) already stored"
+        )
+        sys.stderr.write(f"warning: {notices[-1]}\n")
+        registered = set(instance.get_dynamic_partitions("segments"))
+        if missing := [k for k in keys if k not in registered]:
+            instance.add_dynamic_partitions("segments", missing)
     if segment_ids:
         wanted = {segment_partition_key(site_id, s) for s in segment_ids}
         unknown = sorted(wanted - set(keys))
@@ -89,5 +102,10 @@ def build_site(
         table = segment_table(session, site_id)
         stored = session.scalars(select(SiteSummary).where(SiteSummary.site_id == site_id)).first()
         summary = stored.summary if stored is not None and stored.success else None
+    if summary_ok and summary:
+        # e.g. no model narrative, or a segment the model named that was not built: shown, never fatal.
+        for warning in summary.get("warnings", []):
+            notices.append(f"site summary: {warning}")
+            sys.stderr.write(f"warning: {notices[-1]}\n")
     message = "" if summary_ok else f"site summary failed: {summary_error}"
-    return BuildOutcome(site_id, succeeded, failed, summary_ok, table, summary, message)
+    return BuildOutcome(site_id, succeeded, failed, summary_ok, table, summary, message, notices)

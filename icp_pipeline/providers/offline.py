@@ -218,26 +218,35 @@ def _synthetic_icp(request: ModelRequest) -> str:
 
 
 def _synthetic_comparison(request: ModelRequest) -> str:
-    ids: list[str] = list(request.offline_hints.get("segment_ids", []))
-    rng = _rng("comparison", request.model, request.prompt)
-    scores = {segment_id: round(rng.uniform(0.3, 0.95), 2) for segment_id in ids}
-    ranked = sorted(ids, key=lambda i: (-scores[i], i))
+    """A narrative that follows the ranking the pipeline computed (passed in the hints, best first).
+    It names segments by name, as real models often do; the pipeline matches names to ids."""
+    segments: list[dict] = list(request.offline_hints.get("segments", []))
+    if not segments:  # an older caller: ids only
+        segments = [
+            {"id": i, "name": i, "fit_score": None} for i in request.offline_hints.get("segment_ids", [])
+        ]
+
+    def score(segment: dict) -> str:
+        return f" (fit {segment['fit_score']:.2f})" if segment.get("fit_score") is not None else ""
+
+    top = segments[0] if segments else None
     return json.dumps(
         {
-            "summary": "Synthetic comparison from the offline provider.",
+            "summary": f"Synthetic comparison from the offline provider: {top['name']}{score(top)} fits best "
+            f"of {len(segments)} segment(s)."
+            if top
+            else "Synthetic comparison from the offline provider.",
             "ranking": [
                 {
-                    "segment_id": segment_id,
+                    "segment_id": segment["name"],
                     "rank": rank,
-                    "fit_score": scores[segment_id],
-                    "reason": "Synthetic ranking by fit score.",
+                    "fit_score": segment.get("fit_score") or 0.0,
+                    "reason": f"Synthetic: ranked {rank} by its fit score{score(segment)}.",
                 }
-                for rank, segment_id in enumerate(ranked, start=1)
+                for rank, segment in enumerate(segments, start=1)
             ],
-            "overlaps": [{"segment_ids": ranked[:2], "description": "Similar buying committees (synthetic)."}]
-            if len(ranked) >= 2
-            else [],
-            "recommendations": [f"Focus messaging on {ranked[0]} first (synthetic)."] if ranked else [],
+            "overlaps": [],
+            "recommendations": [f"Focus messaging on {top['name']} first (synthetic)."] if top else [],
         }
     )
 

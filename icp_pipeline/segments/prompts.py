@@ -3,6 +3,7 @@
 import json
 
 from icp_pipeline.db.models import Segment, Site
+from icp_pipeline.segments.comparison import RANKING_RULE, SegmentFacts
 
 SYSTEM = "You are a B2B go-to-market strategist. Be concrete and specific. Reply with JSON only."
 
@@ -35,13 +36,21 @@ def icp_prompt(site: Site, segment: Segment) -> str:
     )
 
 
-def comparison_prompt(site: Site, results: list[tuple[str, str, dict]]) -> str:
+def comparison_prompt(site: Site, results: list[tuple[str, str, dict]], ranked: list[SegmentFacts]) -> str:
+    """The ranking is fixed (computed from the fit scores); the model is asked for the narrative only."""
     profiles = "\n\n".join(
         f"Segment {segment_id} ({name}):\n{json.dumps(result, sort_keys=True)[:6000]}"
         for segment_id, name, result in results
     )
+    ranking = "\n".join(
+        f"{rank}. {s.segment_id} ({s.name}): fit score {s.fit_score:.2f}, confidence {s.confidence:.2f}"
+        for rank, s in enumerate(ranked, start=1)
+    )
     return (
-        f"{_site_context(site, page_chars=1000)}\n\nCompare these segment ICPs for the website. Rank them by "
-        "fit (rank 1 = best; use the segment ids given), name overlaps between segments, and recommend what "
-        f"the website should do first.\n\n{profiles}"
+        f"{_site_context(site, page_chars=1000)}\n\nCompare these segment ICPs for the website. The ranking "
+        f"by fit is already decided ({RANKING_RULE}):\n{ranking}\n\n"
+        "Write `summary` (a short comparison), `ranking` (one entry per segment in that order, using the "
+        "segment ids given, with the reason for its place), `overlaps` between segments (segment ids and "
+        "what they share), and `recommendations`: what the website should do first.\n\n"
+        f"{profiles}"
     )

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 Unit = Annotated[float, Field(ge=0, le=1)]
@@ -79,29 +79,25 @@ class SegmentICP(BaseModel):
 
 
 class RankedSegment(BaseModel):
+    """The model's word on one segment. `segment_id` may hold the id or the name; rank and score are
+    advisory: the stored ranking is computed from the profiles (segments/comparison.py)."""
+
     segment_id: str
-    rank: Annotated[int, Field(ge=1)]
-    fit_score: Unit
+    rank: int
+    fit_score: float
     reason: Text
 
 
 class SegmentOverlap(BaseModel):
-    segment_ids: Annotated[list[str], Field(min_length=2)]
+    segment_ids: list[str]
     description: Text
 
 
 class SiteComparison(BaseModel):
-    summary: Text
-    ranking: Annotated[list[RankedSegment], Field(min_length=1)]
-    overlaps: list[SegmentOverlap]
-    recommendations: list[str]
+    """The model's narrative of the site comparison. Only the summary is required; references to
+    segments that were not built are dropped with a warning when it is combined with the profiles."""
 
-    @field_validator("ranking")
-    @classmethod
-    def _known_segments(cls, ranking: list[RankedSegment], info: ValidationInfo) -> list[RankedSegment]:
-        allowed = (info.context or {}).get("segment_ids")
-        if allowed is not None:
-            unknown = sorted({r.segment_id for r in ranking} - set(allowed))
-            if unknown:
-                raise ValueError(f"ranks segments that were not built: {', '.join(unknown)}")
-        return sorted(ranking, key=lambda r: r.rank)
+    summary: Text
+    ranking: list[RankedSegment] = []
+    overlaps: list[SegmentOverlap] = []
+    recommendations: list[str] = []

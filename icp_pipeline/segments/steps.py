@@ -17,6 +17,12 @@ from icp_pipeline.db.session import session_scope
 from icp_pipeline.ledger import buy_structured, total_cost
 from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
+from icp_pipeline.segments.comparison import (
+    SegmentFacts,
+    compare_segments,
+    comparison_inputs_sha256,
+    rank_segments,
+)
 from icp_pipeline.segments.keys import segment_partition_key, slugify
 from icp_pipeline.segments.prompts import SYSTEM, comparison_prompt, icp_prompt, segments_prompt
 from icp_pipeline.segments.schemas import SegmentICP, SegmentList, SiteComparison
@@ -236,9 +242,20 @@ def segment_table(session: Session, site_id: str) -> list[dict[str, Any]]:
 
 
 def summarize_site(
-    db_url: str, site_id: str, provider_for: ProviderFor, options: BuildOptions
+    db_url: str,
+    site_id: str,
+    provider_for: ProviderFor,
+    options: BuildOptions,
+    *,
+    retry_narrative: bool = False,
 ) -> dict[str, Any]:
-    """Compare the segments that succeeded (one model call); fails, listing every error, when none did."""
+    """Compare the segments that succeeded; fails, listing every error, when none did.
+
+    The ranking and overlaps are computed from the stored profiles; one model call adds the narrative.
+    The stored comparison is keyed by a hash of its inputs (the succeeded segments' profiles and
+    analyses, the site, provider and model): unchanged inputs reuse it and buy nothing, unless
+    `rebuild`. A narrative that could not be bought leaves the comparison without one (a warning), so
+    the next build asks again; with `retry_narrative` a retryable error is raised after storing it."""
     with session_scope(db_url) as session:
         site = require_site(session, site_id)
         table = segment_table(session, site_id)
@@ -251,22 +268,56 @@ def summarize_site(
                 succeeded.append(
                     (segment.key, segment.name, {"profile": result.profile, "analysis": result.analysis})
                 )
+        facts = [SegmentFacts.from_stored(k, n, r["profile"], r["analysis"]) for k, n, r in succeeded]
+        ranked = rank_segments(facts)
+        inputs_sha256 = comparison_inputs_sha256(
+            {
+                "site": site.config_sha256,
+                "provider": options.provider,
+                "model": options.model,
+                "segments": succeeded,
+            }
+        )
+        stored = session.scalars(select(SiteSummary).where(SiteSummary.site_id == site_id)).first()
+        reusable = (
+            not options.rebuild
+            and stored is not None
+            and stored.success
+            and (stored.summary or {}).get("inputs_sha256") == inputs_sha256
+            and (stored.summary or {}).get("narrative") is True
+        )
+        if reusable:
+            comparison, reused_synthetic = dict(stored.summary), stored.synthetic
+            # Only the table (errors, times of failed segments) can have changed: nothing is bought.
+            stored.segments = table
         request = (
             _request(
                 options,
                 "site_summary",
-                comparison_prompt(site, succeeded),
-                {"segment_ids": [s[0] for s in succeeded]},
+                comparison_prompt(site, succeeded, ranked),
+                {
+                    "segment_ids": [s[0] for s in succeeded],
+                    "segments": [
+                        {"id": f.segment_id, "name": f.name, "fit_score": f.fit_score} for f in ranked
+                    ],
+                },
             )
-            if succeeded
+            if succeeded and not reusable
             else None
         )
-    if request is None:
+    if not succeeded:
         errors = (
             "; ".join(f"{row['segment_id']}: {row['error']}" for row in table) or "the site has no segments"
         )
         _store_summary(db_url, site_id, table, options, error=f"no segment succeeded ({errors})")
         raise SummaryFailed(f"site {site_id}: no segment succeeded: {errors}")
+    if reusable:
+        return {
+            **_summary_outcome(table, comparison, len(succeeded), [], reused=True),
+            "synthetic": reused_synthetic,
+        }
+    calls: list[ModelCall] = []
+    narrative_error: ProviderError | None = None
     try:
         comparison, calls = buy_structured(
             db_url,
@@ -278,16 +329,33 @@ def summarize_site(
             site_id=site_id,
         )
     except ProviderError as error:
-        _store_summary(db_url, site_id, table, options, error=str(error))
-        raise
-    _store_summary(db_url, site_id, table, options, comparison=comparison, calls=calls)
+        comparison, narrative_error = None, error
+    result = {
+        **compare_segments(facts, comparison, str(narrative_error) if narrative_error else None),
+        "inputs_sha256": inputs_sha256,
+    }
+    _store_summary(db_url, site_id, table, options, comparison=result, calls=calls)
+    if narrative_error is not None and narrative_error.retryable and retry_narrative:
+        raise narrative_error
+    return _summary_outcome(table, result, len(succeeded), calls, reused=False)
+
+
+def _summary_outcome(
+    table: list[dict[str, Any]],
+    comparison: dict[str, Any],
+    succeeded: int,
+    calls: list[ModelCall],
+    *,
+    reused: bool,
+) -> dict[str, Any]:
     return {
         "segments": table,
-        "comparison": comparison.model_dump(mode="json"),
-        "succeeded": len(succeeded),
-        "failed": len(table) - len(succeeded),
+        "comparison": comparison,
+        "succeeded": succeeded,
+        "failed": len(table) - succeeded,
+        "reused": reused,
         "synthetic": any(c.synthetic for c in calls),
-        "cost_usd": total_cost(calls),
+        "cost_usd": 0.0 if reused else total_cost(calls),
     }
 
 
@@ -297,7 +365,7 @@ def _store_summary(
     table: list[dict[str, Any]],
     options: BuildOptions,
     *,
-    comparison: SiteComparison | None = None,
+    comparison: dict[str, Any] | None = None,
     calls: list[ModelCall] = (),
     error: str | None = None,
 ) -> None:
@@ -306,7 +374,7 @@ def _store_summary(
             select(SiteSummary).where(SiteSummary.site_id == site_id)
         ).first() or SiteSummary(site_id=site_id)
         row.success = comparison is not None
-        row.summary = comparison.model_dump(mode="json") if comparison else None
+        row.summary = comparison
         row.segments, row.error = table, error
         row.provider, row.model = options.provider, options.model
         row.synthetic = any(c.synthetic for c in calls)

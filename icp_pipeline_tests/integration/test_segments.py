@@ -4,6 +4,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
@@ -13,15 +14,17 @@ from icp_pipeline.cli.site_build import build_site
 from icp_pipeline.db.models import ModelCall, Segment, SegmentResult
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import ModelProviderResource
+from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.resilience import PACER
 from icp_pipeline.segments.site_file import parse_site_file, upsert_site
-from icp_pipeline.segments.steps import BuildOptions
+from icp_pipeline.segments.steps import BuildOptions, summarize_site
 from icp_pipeline_tests.support.fake_providers import FakeOpenAI, status, text
 from icp_pipeline_tests.support.pipeline import count, pipeline_defs
 
 EXAMPLE_SITE = Path(__file__).parents[2] / "icp_pipeline" / "examples" / "acme_site.yaml"
 KEY = "sk-segments-test-77aa"
 OPENAI = BuildOptions(provider="openai", model="gpt-4o-mini")
+OFFLINE = BuildOptions(provider="offline", model="synthetic")
 GENERATED = ["Startups", "Agencies", "Retailers"]
 # Build order: the imported segment first, then the generated ones in the order the model gave them.
 KEYS = ["data-platform-teams", "startups", "agencies", "retailers"]
@@ -37,7 +40,7 @@ def segments_json() -> str:
     )
 
 
-def icp_json(name: str = "Startups") -> str:
+def icp_json(name: str = "Startups", fit: float = 0.7, pains: tuple[str, ...] = ("p",)) -> str:
     profile = {
         "segment_name": name,
         "summary": "A profile",
@@ -54,7 +57,7 @@ def icp_json(name: str = "Startups") -> str:
             "economic_buyer": "CEO",
             "blocker": "none",
         },
-        "pains": ["p"],
+        "pains": list(pains),
         "jobs_to_be_done": ["j"],
         "desired_outcomes": ["o"],
         "buying_triggers": ["t"],
@@ -68,7 +71,7 @@ def icp_json(name: str = "Startups") -> str:
         "confidence": 0.6,
     }
     analysis = {
-        "fit_score": 0.7,
+        "fit_score": fit,
         "how_well_served": "partly",
         "strengths": ["s"],
         "gaps": ["g"],
@@ -122,13 +125,113 @@ def test_segments_are_generated_registered_and_not_rebought(site: str) -> None:
     assert sources == ["generated"] * 4 + ["imported"]
     assert set(DagsterInstance.get().get_dynamic_partitions("segments")) == keys
     assert all(key.startswith("acme|") for key in keys)
-    assert outcome.summary["ranking"][0]["rank"] == 1
+    ranking = outcome.summary["ranking"]
+    assert [r["rank"] for r in ranking] == list(range(1, 6))
+    # The ranking agrees with the fit scores in the table printed above it (the demo's contradiction).
+    fits = {row["segment_id"]: row["fit_score"] for row in outcome.table}
+    assert [r["fit_score"] for r in ranking] == sorted(fits.values(), reverse=True)
+    assert all(fits[r["segment_id"]] == r["fit_score"] for r in ranking)
+    assert outcome.summary["warnings"] == [] and outcome.summary["narrative"] is True
 
     calls = count(site, ModelCall)
     again = build_site("acme", OPENAI, workers=3, progress=False, defs=defs)
     assert again.summary_ok
-    assert count(site, ModelCall) == calls + 1  # only the summary is asked again; segments and ICPs reused
+    assert again.summary == outcome.summary
+    assert count(site, ModelCall) == calls  # nothing asked again: segments, ICPs and the summary reused
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 1
     assert count(site, SegmentResult) == 5
+    event = DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("site_icp_summary"))
+    assert event.asset_materialization.metadata["reused"].value is True
+
+    # A rebuild asks again, even with unchanged inputs.
+    build_site("acme", BuildOptions("openai", "gpt-4o-mini", rebuild=True), progress=False, defs=defs)
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 2
+
+
+def test_a_changed_segment_result_buys_the_summary_again(site: str) -> None:
+    defs = pipeline_defs(site)
+    instance_job = defs.resolve_job_def("site_summary_job")
+    assert build_site("acme", OPENAI, progress=False, defs=defs).summary_ok
+    with session_scope(site) as session:
+        result = session.scalars(sa.select(SegmentResult)).first()
+        result.analysis = {**result.analysis, "fit_score": 0.01}
+    assert execute_one(instance_job, "acme", DagsterInstance.get(), {})[0]
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 2
+    assert execute_one(instance_job, "acme", DagsterInstance.get(), {})[0]
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 2
+
+
+def test_a_comparison_naming_segments_by_name_still_builds_the_site(site, openai_server) -> None:
+    fits = {"data-platform-teams": 0.4, "startups": 0.9, "agencies": 0.6, "retailers": 0.6}
+    names = {"data-platform-teams": "Data platform teams", "startups": "Startups"}
+    names.update(agencies="Agencies", retailers="Retailers")
+    by_name = json.dumps(
+        {
+            "summary": "compared by name",
+            "ranking": [
+                # The model ranks by name, in its own order, and invents a segment.
+                {"segment_id": "data platform TEAMS", "rank": 1, "fit_score": 0.9, "reason": "warehouse"},
+                {"segment_id": "Startups", "rank": 2, "fit_score": 0.5, "reason": "fast"},
+                {"segment_id": "Agencies", "rank": 3, "fit_score": 0.5, "reason": "many clients"},
+                {"segment_id": "Retailers", "rank": 4, "fit_score": 0.5, "reason": "funnels"},
+                {"segment_id": "Enterprise data teams", "rank": 5, "fit_score": 0.5, "reason": "?"},
+            ],
+            "overlaps": [{"segment_ids": ["Startups", "Agencies"], "description": "both small teams"}],
+            "recommendations": ["do it"],
+        }
+    )
+    openai_server.script(
+        text(segments_json()),
+        *[text(icp_json(names[k], fit=fits[k], pains=("Slow answers", k))) for k in KEYS],
+        text(by_name),
+    )
+    outcome = build_site("acme", OPENAI, workers=1, progress=False, defs=live_defs(site))
+    assert outcome.summary_ok, outcome.message  # before: "ranks segments that were not built", exit 1
+    assert (outcome.succeeded, outcome.failed) == (4, 0)
+    ranking = outcome.summary["ranking"]
+    # Fit first; agencies and retailers tie on fit and confidence, so the id decides.
+    assert [r["segment_id"] for r in ranking] == ["startups", "agencies", "retailers", "data-platform-teams"]
+    assert [r["reason"] for r in ranking] == ["fast", "many clients", "funnels", "warehouse"]
+    assert outcome.summary["summary"] == "compared by name"
+    assert any("'Enterprise data teams'" in w for w in outcome.summary["warnings"])
+    assert any("'Enterprise data teams'" in n for n in outcome.notices)  # printed, not only stored
+    overlap = next(o for o in outcome.summary["overlaps"] if o["segment_ids"] == ["agencies", "startups"])
+    assert overlap["shared_pains"] == ["slow answers"] and overlap["description"] == "both small teams"
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 1
+
+
+def test_an_unusable_narrative_leaves_the_computed_comparison(site, openai_server) -> None:
+    openai_server.script(text(segments_json()), *[text(icp_json())] * 4, text("Sure!"), text("{oops"))
+    outcome = build_site("acme", OPENAI, workers=1, progress=False, defs=live_defs(site))
+    assert outcome.summary_ok, outcome.message
+    assert outcome.summary["narrative"] is False
+    assert [r["segment_id"] for r in outcome.summary["ranking"]] == sorted(KEYS)  # a four-way tie: by id
+    assert "invalid structured output" in outcome.summary["warnings"][0]
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 2  # both paid replies recorded
+
+
+def test_failed_discovery_goes_on_with_the_imported_segments(site, openai_server, capsys) -> None:
+    openai_server.script(status(400), text(icp_json("Data platform teams")), text(summary_json(KEYS[:1])))
+    outcome = build_site("acme", OPENAI, workers=1, progress=False, defs=live_defs(site))
+    assert outcome.summary_ok, outcome.message  # before: "segment discovery failed", exit 1
+    assert (outcome.succeeded, outcome.failed) == (1, 0)
+    assert [r["segment_id"] for r in outcome.summary["ranking"]] == ["data-platform-teams"]
+    assert (
+        "segment discovery failed" in outcome.notices[0]
+        and "going on with the 1 segment" in outcome.notices[0]
+    )
+    assert "segment discovery failed" in capsys.readouterr().err
+    assert "acme|data-platform-teams" in DagsterInstance.get().get_dynamic_partitions("segments")
+
+
+def test_failed_discovery_without_stored_segments_fails_the_build(site, openai_server) -> None:
+    with session_scope(site) as session:
+        for segment in session.scalars(sa.select(Segment)):
+            segment.active = False
+    openai_server.script(status(400))
+    outcome = build_site("acme", OPENAI, workers=1, progress=False, defs=live_defs(site))
+    assert not outcome.summary_ok
+    assert outcome.message.startswith("segment discovery failed")
 
 
 def test_one_failing_segment_is_listed_and_a_retry_of_that_partition_fixes_the_summary(
@@ -217,3 +320,31 @@ def test_pacing_spaces_segment_builds(site: str) -> None:
     completed = sorted(datetime.fromisoformat(row["completed_at"]) for row in outcome.table)
     gaps = [(b - a).total_seconds() for a, b in zip(completed, completed[1:], strict=False)]
     assert min(gaps) >= 0.4, gaps  # consecutive builds are at least the pacing apart
+
+
+class UnavailableProvider:
+    """A provider whose every call fails the way a provider outage does (retryable, nothing paid)."""
+
+    name = "unavailable"
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        raise ProviderError(request.provider, request.model, "HTTP 503: overloaded", retryable=True)
+
+
+def test_a_retryable_narrative_error_is_retried_and_the_last_attempt_keeps_the_ranking(site: str) -> None:
+    assert build_site("acme", OFFLINE, progress=False, defs=pipeline_defs(site)).summary_ok
+    again = BuildOptions("offline", "synthetic", rebuild=True)
+    with pytest.raises(ProviderError, match="HTTP 503"):
+        summarize_site(site, "acme", lambda *_: UnavailableProvider(), again, retry_narrative=True)
+    last = summarize_site(site, "acme", lambda *_: UnavailableProvider(), again, retry_narrative=False)
+    comparison = last["comparison"]
+    assert comparison["narrative"] is False and "HTTP 503" in comparison["warnings"][0]
+    assert [r["fit_score"] for r in comparison["ranking"]] == sorted(
+        (row["fit_score"] for row in last["segments"]), reverse=True
+    )
+    # The stored comparison has no narrative, so the next build (no rebuild) asks for it again.
+    calls = count(site, ModelCall, ModelCall.purpose == "site_summary")
+    assert summarize_site(site, "acme", pipeline_defs(site).resources["models"].provider_for, OFFLINE)[
+        "comparison"
+    ]["narrative"]
+    assert count(site, ModelCall, ModelCall.purpose == "site_summary") == calls + 1

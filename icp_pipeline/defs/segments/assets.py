@@ -117,7 +117,8 @@ def segment_icp(
 
 @_icp_asset(
     sites_partitions,
-    "Compares the segments that succeeded (ranking, overlaps); succeeds when at least one did.",
+    "Compares the segments that succeeded: ranking and overlaps from the stored profiles, the model's "
+    "narrative on top; reused while its inputs are unchanged. Succeeds when at least one segment did.",
     deps=[site_segments, dg.AssetDep(segment_icp, partition_mapping=dg.AllPartitionMapping())],
 )
 def site_icp_summary(
@@ -128,13 +129,28 @@ def site_icp_summary(
 ) -> dg.MaterializeResult:
     with segment_step(context):
         summary = steps.summarize_site(
-            app_db.resolved_url, context.partition_key, models.provider_for, config.options()
+            app_db.resolved_url,
+            context.partition_key,
+            models.provider_for,
+            config.options(),
+            # The last attempt keeps the computed comparison without a narrative instead of failing.
+            retry_narrative=not is_last_attempt(context, MODEL_RETRY),
         )
-    ranking = summary["comparison"]["ranking"]
+    comparison = summary["comparison"]
+    for warning in comparison.get("warnings", []):
+        context.log.warning(warning)
+    ranking = comparison["ranking"]
     metadata = {
+        "reused": summary["reused"],
         "segments_succeeded": summary["succeeded"],
         "segments_failed": summary["failed"],
         "top_segment": ranking[0]["segment_id"] if ranking else None,
+        "ranking": dg.MetadataValue.json(
+            [{"rank": r["rank"], "segment_id": r["segment_id"], "fit_score": r["fit_score"]} for r in ranking]
+        ),
+        "narrative": comparison.get("narrative"),
+        "warnings": dg.MetadataValue.json(comparison.get("warnings", [])),
+        "inputs_sha256": comparison.get("inputs_sha256"),
         "cost_usd": summary["cost_usd"],
         "synthetic": summary["synthetic"],
         "segments": dg.MetadataValue.md(steps.summary_markdown(summary["segments"])),
