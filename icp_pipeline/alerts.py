@@ -52,7 +52,13 @@ def alert_payload(failure: RunFailure) -> dict[str, Any]:
 
 
 def deliver_alert(
-    db_url: str, run_id: str, url: str | None, *, max_attempts: int = 3, backoff_seconds: float = 0.5
+    db_url: str,
+    run_id: str,
+    url: str | None,
+    *,
+    max_attempts: int = 3,
+    backoff_seconds: float = 0.5,
+    deadline_seconds: float = ALERT_DEADLINE_SECONDS,
 ) -> str:
     """POST the recorded failure to `url` unless it was already sent; 5xx, 408, 429 and connection errors
     are retried with exponential backoff. The outcome (sent, failed or off) and the attempts are stored.
@@ -72,7 +78,7 @@ def deliver_alert(
         try:
             response = post_with_deadline(
                 url,
-                deadline_seconds=ALERT_DEADLINE_SECONDS,
+                deadline_seconds=deadline_seconds,
                 timeout_seconds=ALERT_TIMEOUT_SECONDS,
                 json=payload,
             )
