@@ -36,14 +36,18 @@ def redact_url(url: str, *, origin_only: bool = False) -> str:
     """A URL safe for logs. A database URL keeps its path (the database name) without its password or
     query string. With `origin_only` (webhook and alert URLs, whose secret is often the path, as in
     Slack's /services/T000/B000/<token>), only scheme://host[:port] is left."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:  # e.g. a port that is not a number: show nothing of it
+        return "(invalid URL)"
     if not parts.hostname:  # e.g. a SQLite file: nothing secret to hide
         return "(invalid URL)" if origin_only else url
     netloc = parts.hostname
     if parts.username and not origin_only:
         netloc = f"{parts.username}:***@{netloc}"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    if port:
+        netloc = f"{netloc}:{port}"
     return urlunsplit((parts.scheme, netloc, "" if origin_only else parts.path, "", ""))
 
 
