@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from icp_pipeline import settings
-from icp_pipeline.providers.base import ModelProvider
-from icp_pipeline.providers.factory import ProviderSettings, resolve_provider
+from icp_pipeline.providers.base import ModelProvider, ProviderError
+from icp_pipeline.providers.factory import KEY_VARIABLES, ProviderSettings, resolve_provider
 from icp_pipeline.providers.pricing import Price
 from icp_pipeline.visibility.push import PushSettings
 
@@ -44,20 +44,36 @@ class ModelProviderResource(dg.ConfigurableResource):
     price_overrides: dict[str, list[float]] = {}
 
     @cached_property
+    def _keys(self) -> tuple[dict[str, str | None], dict[str, str]]:
+        """Each provider's key, stripped (keys read from secret files end in a newline, which the SDKs
+        send or strip unpredictably), and the error of each key that cannot be used as it is."""
+        keys: dict[str, str | None] = {}
+        errors: dict[str, str] = {}
+        given = {
+            "openai": self.openai_api_key,
+            "anthropic": self.anthropic_api_key,
+            "gemini": self.gemini_api_key,
+        }
+        for provider, value in given.items():
+            try:
+                keys[provider] = settings.clean_secret(KEY_VARIABLES[provider], value)
+            except settings.SecretFormatError as error:
+                keys[provider], errors[provider] = None, str(error)
+        return keys, errors
+
+    @cached_property
     def _settings(self) -> ProviderSettings:
         return ProviderSettings(
             mode=self.mode,
-            api_keys={
-                "openai": self.openai_api_key,
-                "anthropic": self.anthropic_api_key,
-                "gemini": self.gemini_api_key,
-            },
+            api_keys=self._keys[0],
             offline_latency_seconds=self.offline_latency_seconds,
             offline_fail_models=frozenset(self.offline_fail_models),
             price_overrides={name: Price(*prices) for name, prices in self.price_overrides.items()},
         )
 
     def provider_for(self, provider: str, model: str) -> ModelProvider:
+        if error := self._keys[1].get(provider):  # never fall back to offline for a mistyped key
+            raise ProviderError(provider, model, error, retryable=False)
         return resolve_provider(self._settings, provider, model)
 
 
@@ -72,8 +88,8 @@ class PushResource(dg.ConfigurableResource):
 
     def push_settings(self) -> PushSettings:
         return PushSettings(
-            webhook_url=self.webhook_url,
-            webhook_secret=self.webhook_secret,
+            webhook_url=settings.clean_secret("ICP_PUSH_WEBHOOK_URL", self.webhook_url),
+            webhook_secret=settings.clean_secret("ICP_PUSH_WEBHOOK_SECRET", self.webhook_secret),
             outbox_dir=Path(self.outbox_dir) if self.outbox_dir else settings.outbox_dir(),
             max_attempts=self.max_attempts,
             backoff_seconds=self.backoff_seconds,
@@ -81,6 +97,10 @@ class PushResource(dg.ConfigurableResource):
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The resources, reading secrets from the environment late (Dagster never shows an EnvVar's value).
+    A secret with whitespace or control characters inside it fails here, before anything is bought."""
+    for variable in (*settings.SECRET_VARIABLES, "ICP_PUSH_WEBHOOK_URL", "ICP_ALERT_WEBHOOK_URL"):
+        settings.read_secret(variable)
     fail_models = [m.strip() for m in os.environ.get("ICP_OFFLINE_FAIL_MODELS", "").split(",") if m.strip()]
     return {
         "app_db": AppDatabase(url=optional_env("ICP_DATABASE_URL")),

@@ -6,6 +6,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from icp_pipeline.redaction import redact  # noqa: F401  (re-exported: the adapters import it from here)
+
 # No step may run longer than 60 s: one call gets at most this, and a step's calls share a deadline.
 STEP_BUDGET_SECONDS = 55.0
 CALL_TIMEOUT_SECONDS = 45.0
@@ -48,13 +50,6 @@ def retry_after_seconds(headers: object) -> float | None:
 def backoff_seconds(attempt: int, base: float = 1.0, cap: float = RETRY_AFTER_CAP_SECONDS) -> float:
     """Exponential backoff with ±25% jitter; attempt 0 is the first retry."""
     return min(cap, base * 2**attempt) * random.uniform(0.75, 1.25)
-
-
-def redact(text: str, secrets: list[str | None]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 @dataclass

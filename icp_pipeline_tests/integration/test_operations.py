@@ -1,6 +1,9 @@
 """Sensors and schedules evaluated against a real instance and the app database."""
 
+import base64
+import time
 from datetime import datetime, timedelta
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -9,6 +12,7 @@ import sqlalchemy as sa
 import yaml
 from dagster._core.test_utils import create_run_for_test
 
+from icp_pipeline.alerts import deliver_alert, record_run_failure
 from icp_pipeline.db.models import CycleItem, Org, RunFailure, Segment, SegmentResult
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
@@ -150,13 +154,13 @@ def test_daily_schedule_opens_each_orgs_cycle_when_its_own_cron_fires(sqlite_app
 
 
 def _failed_run_context(
-    instance: dg.DagsterInstance, db_url: str
+    instance: dg.DagsterInstance, db_url: str, message: str = "model provider down"
 ) -> tuple[dg.RunFailureSensorContext, dg.DagsterRun]:
-    """A real failed run of a job whose op raises, and the failure sensor's context for it."""
+    """A real failed run of a job whose op raises `message`, and the failure sensor's context for it."""
 
     @dg.op
     def explode() -> None:
-        raise RuntimeError("model provider down")
+        raise RuntimeError(message)
 
     @dg.job
     def broken() -> None:
@@ -218,18 +222,59 @@ def test_an_undeliverable_alert_is_recorded_without_the_urls_secret(
     sqlite_app: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with dg.instance_for_test() as instance:
-        # Nothing listens on port 9 here; the token in the query string must not reach the record.
-        monkeypatch.setenv("ICP_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook?token=s3cret-token")
+        # Nothing listens on port 9 here; the token in the path (Slack-style) or in the query string
+        # must not reach the record: the URL is shown as scheme://host only.
+        url = "http://127.0.0.1:9/services/T000/B000/XyZtok3nAlertToken?token=s3cret-token"
+        monkeypatch.setenv("ICP_ALERT_WEBHOOK_URL", url)
         context, run = _failed_run_context(instance, sqlite_app)
         run_failure_alert_sensor(context)
         status, attempts, error = _failure_row(sqlite_app, run.run_id)
         assert (status, attempts) == ("failed", 3)
-        assert "127.0.0.1:9" in error and "s3cret-token" not in error
+        assert "http://127.0.0.1:9" in error
+        assert not any(secret in error for secret in ("s3cret-token", "XyZtok3nAlertToken", "/services"))
         # Without a webhook the failure is still recorded, its alert marked off.
         monkeypatch.delenv("ICP_ALERT_WEBHOOK_URL")
         context, run = _failed_run_context(instance, sqlite_app)
         run_failure_alert_sensor(context)
         assert _failure_row(sqlite_app, run.run_id) == ("off", 0, None)
+
+
+def test_a_failure_record_and_its_alert_hold_no_secret_in_any_form(
+    sqlite_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "gm-Secret/9f8e+7d6c5b_4a3"
+    encoded = base64.b64encode(key.encode()).decode()
+    monkeypatch.setenv("GEMINI_API_KEY", key + "\n")  # as read from a secret file
+    with (
+        dg.instance_for_test() as instance,
+        WebhookReceiver(path="/services/T000/B000/XyZtok3nAlert") as hook,
+    ):
+        monkeypatch.setenv("ICP_ALERT_WEBHOOK_URL", hook.url)
+        # A step error that quotes the key, URL-encoded and base64 too (as an SDK's error might).
+        message = f"401 for key {key} ({quote(key, safe='')}, {encoded}) at {hook.url}"
+        context, run = _failed_run_context(instance, sqlite_app, message)
+        run_failure_alert_sensor(context)
+        with session_scope(sqlite_app) as session:
+            stored = session.get(RunFailure, run.run_id).error
+        sent = hook.requests[-1].json["error"]
+    for text in (stored, sent):
+        assert "401 for key ***" in text
+        assert not any(s in text for s in (key, quote(key, safe=""), encoded, "XyZtok3nAlert")), text
+
+
+def test_an_alert_to_a_trickling_receiver_ends_at_its_deadline(sqlite_app: str) -> None:
+    with session_scope(sqlite_app) as session:
+        record_run_failure(session, "run-1", "question_run_job", None, "boom")
+    with WebhookReceiver(trickle_seconds=0.5, trickle_bytes=40) as hook:
+        started = time.monotonic()
+        status = deliver_alert(
+            sqlite_app, "run-1", hook.url, max_attempts=2, backoff_seconds=0.01, deadline_seconds=1.0
+        )
+        elapsed = time.monotonic() - started
+        assert len(hook.requests) == 2
+    assert status == "failed" and elapsed < 2 * 1.0 + 2.0
+    alert_status, attempts, error = _failure_row(sqlite_app, "run-1")
+    assert (alert_status, attempts) == ("failed", 2) and error.startswith("timeout")
 
 
 def test_a_crashed_question_run_is_closed_once_no_run_retry_is_coming(sqlite_app: str) -> None:

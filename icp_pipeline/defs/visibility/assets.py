@@ -13,6 +13,7 @@ from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderReso
 from icp_pipeline.defs.retries import DB_RETRY, MODEL_RETRY, is_last_attempt, retry_provider_error
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.providers.base import ProviderError
+from icp_pipeline.settings import SecretFormatError
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.analytics import analytics_markdown
 from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
@@ -272,7 +273,9 @@ def analytics_push(
             )
         try:
             result = push_snapshot(session, snapshot, push.push_settings())
-        except PushFailed as error:
+        except (PushFailed, SecretFormatError) as error:
+            # Not retried by Dagster: the push already retried, and materializing analytics_push again
+            # re-sends the same analytics under the same idempotency key without buying anything.
             raise dg.Failure(str(error), allow_retries=False) from error
     return dg.MaterializeResult(
         metadata=known(
