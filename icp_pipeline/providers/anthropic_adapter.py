@@ -1,21 +1,22 @@
 """Anthropic through the official SDK's Messages API."""
 
 import os
-from functools import cache
 from typing import Any
 
 from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
-from icp_pipeline.providers.live import LiveAdapter, is_retryable_status
+from icp_pipeline.providers.live import ClientCache, LiveAdapter, is_retryable_status
 from icp_pipeline.providers.resilience import call_timeout
 from icp_pipeline.providers.schema import strict_json_schema
 
 
-@cache
-def _client(api_key: str, base_url: str | None) -> Any:
+def _build_client(api_key: str, base_url: str | None) -> Any:
     import anthropic
 
     # One attempt per call: Dagster retries, so every attempt shows in the UI.
     return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
+
+
+_CLIENTS = ClientCache(_build_client)
 
 
 class AnthropicAdapter(LiveAdapter):
@@ -40,7 +41,7 @@ class AnthropicAdapter(LiveAdapter):
             params["output_config"] = {
                 "format": {"type": "json_schema", "schema": strict_json_schema(request.output_schema)}
             }
-        message = _client(self.api_key, os.environ.get("ANTHROPIC_BASE_URL")).messages.create(**params)
+        message = _CLIENTS.get(self.api_key, os.environ.get("ANTHROPIC_BASE_URL")).messages.create(**params)
         if message.stop_reason == "refusal":
             raise ProviderError(self.name, request.model, "refused the request", retryable=False)
         texts: list[str] = []

@@ -1,16 +1,14 @@
 """Gemini through google-genai (never the retired google-generativeai)."""
 
 import os
-from functools import cache
 from typing import Any
 
 from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
-from icp_pipeline.providers.live import LiveAdapter, is_retryable_status
+from icp_pipeline.providers.live import ClientCache, LiveAdapter, is_retryable_status
 from icp_pipeline.providers.resilience import call_timeout
 
 
-@cache
-def _client(api_key: str, base_url: str | None) -> Any:
+def _build_client(api_key: str, base_url: str | None) -> Any:
     from google import genai
     from google.genai import types
 
@@ -21,6 +19,9 @@ def _client(api_key: str, base_url: str | None) -> Any:
         else types.HttpOptions(api_version="v1beta")
     )
     return genai.Client(api_key=api_key, http_options=options)
+
+
+_CLIENTS = ClientCache(_build_client)
 
 
 class GeminiAdapter(LiveAdapter):
@@ -42,7 +43,7 @@ class GeminiAdapter(LiveAdapter):
         if request.output_schema is not None:
             config["response_mime_type"] = "application/json"
             config["response_json_schema"] = request.output_schema.model_json_schema()
-        client = _client(self.api_key, os.environ.get("GOOGLE_GEMINI_BASE_URL"))
+        client = _CLIENTS.get(self.api_key, os.environ.get("GOOGLE_GEMINI_BASE_URL"))
         response = client.models.generate_content(
             model=request.model, contents=request.prompt, config=types.GenerateContentConfig(**config)
         )

@@ -1,21 +1,22 @@
 """OpenAI through the official SDK's Responses API."""
 
 import os
-from functools import cache
 from typing import Any
 
 from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
-from icp_pipeline.providers.live import LiveAdapter, is_retryable_status
+from icp_pipeline.providers.live import ClientCache, LiveAdapter, is_retryable_status
 from icp_pipeline.providers.resilience import call_timeout
 from icp_pipeline.providers.schema import strict_json_schema
 
 
-@cache
-def _client(api_key: str, base_url: str | None) -> Any:
+def _build_client(api_key: str, base_url: str | None) -> Any:
     import openai
 
     # Retries are Dagster's (each attempt shows in the UI), so the SDK makes one attempt.
     return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+
+
+_CLIENTS = ClientCache(_build_client)
 
 
 class OpenAIAdapter(LiveAdapter):
@@ -45,7 +46,7 @@ class OpenAIAdapter(LiveAdapter):
                     "strict": True,
                 }
             }
-        response = _client(self.api_key, os.environ.get("OPENAI_BASE_URL")).responses.create(**params)
+        response = _CLIENTS.get(self.api_key, os.environ.get("OPENAI_BASE_URL")).responses.create(**params)
         incomplete = getattr(response, "incomplete_details", None)
         if incomplete is not None and getattr(incomplete, "reason", None) == "content_filter":
             raise ProviderError(self.name, request.model, "refused: content filter", retryable=False)

@@ -66,6 +66,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
@@ -227,6 +228,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *_args: Any) -> None:
         pass
 
+    def setup(self) -> None:
+        if self.server.fake.keep_alive:
+            # HTTP/1.1 keeps the connection open between requests, as the real APIs do; this is what
+            # lets a client's pooled connection be inherited across a fork. Idle connections close
+            # after `timeout` seconds so their handler threads end.
+            self.protocol_version = "HTTP/1.1"
+            self.timeout = 30
+        super().setup()
+
     def read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             chunks = []
@@ -258,8 +268,14 @@ class FakeProviderServer:
         input_tokens: int = 120,
         output_tokens: int = 45,
         cached_tokens: int = 20,
+        keep_alive: bool = False,
     ) -> None:
         self.api_key = api_key
+        # HTTP/1.1 keep-alive connections (the real APIs' behaviour); fixed when the server starts.
+        self.keep_alive = keep_alive
+        # Decides the step per request when set (a step, or None to take the next scripted one), e.g.
+        # to answer each request with a token of its own prompt, or to fail requests about one subject.
+        self.respond_with: Callable[[RecordedRequest], Step | None] | None = None
         self.answer_text = answer_text
         # What a structured-output request (JSON schema in the body) gets unless a step says otherwise.
         self.structured_text = DEFAULT_STRUCTURED
@@ -408,8 +424,9 @@ class FakeProviderServer:
             return self._error_reply(404, f"Unknown endpoint {record.method} {record.path}")
         if self.api_key is not None and self._request_key(record) != self.api_key:
             return self._error_reply(401, "Invalid API key")
+        chosen = self.respond_with(record) if self.respond_with is not None else None
         with self._lock:
-            step = self._steps.popleft() if self._steps else ok
+            step = chosen or (self._steps.popleft() if self._steps else ok)
         record.step = step
         kind = step.kind
         if kind == "status":
@@ -509,6 +526,11 @@ class FakeProviderServer:
     ) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def prompt_of(body: Any) -> str:
+        """The user prompt of a request body (the first user text), "" when there is none."""
+        raise NotImplementedError
+
     def _all_sources(self) -> list[tuple[str, str]]:
         seen = {url for url, _ in self.cited_sources}
         return list(self.cited_sources) + [s for s in self.retrieved_sources if s[0] not in seen]
@@ -556,6 +578,20 @@ class FakeOpenAI(FakeProviderServer):
     @staticmethod
     def wants_structured(body: dict[str, Any]) -> bool:
         return ((body.get("text") or {}).get("format") or {}).get("type") == "json_schema"
+
+    @staticmethod
+    def prompt_of(body: Any) -> str:
+        given = body.get("input") if isinstance(body, dict) else None
+        if isinstance(given, str):
+            return given
+        for item in given or []:
+            content = item.get("content") if isinstance(item, dict) else None
+            if isinstance(content, str):
+                return content
+            for part in content or []:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    return part["text"]
+        return ""
 
     @staticmethod
     def wants_web_search(body: dict[str, Any]) -> bool:
@@ -701,6 +737,19 @@ class FakeAnthropic(FakeProviderServer):
         return bool((body.get("output_config") or {}).get("format"))
 
     @staticmethod
+    def prompt_of(body: Any) -> str:
+        for message in (body.get("messages") if isinstance(body, dict) else None) or []:
+            if not isinstance(message, dict) or message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            for block in content or []:
+                if isinstance(block, dict) and isinstance(block.get("text"), str):
+                    return block["text"]
+        return ""
+
+    @staticmethod
     def wants_web_search(body: dict[str, Any]) -> bool:
         return any(
             isinstance(t, dict) and str(t.get("type", "")).startswith("web_search")
@@ -833,12 +882,16 @@ class FakeGemini(FakeProviderServer):
         return any(isinstance(t, dict) and keys & set(t) for t in body.get("tools") or [])
 
     @staticmethod
-    def _prompt(body: dict[str, Any]) -> str:
-        for content in body.get("contents") or []:
+    def prompt_of(body: Any) -> str:
+        for content in (body.get("contents") if isinstance(body, dict) else None) or []:
             for part in (content or {}).get("parts") or []:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     return part["text"]
-        return "acme"
+        return ""
+
+    @classmethod
+    def _prompt(cls, body: dict[str, Any]) -> str:
+        return cls.prompt_of(body) or "acme"
 
     def _success(
         self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, refused: bool
