@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.offline import OfflineProvider
-from icp_pipeline.providers.pricing import Price, cost_usd
+from icp_pipeline.providers.pricing import Price, response_cost_usd
 
 KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
 MODES = ("auto", "live", "offline")
@@ -34,17 +34,7 @@ class PricedProvider:
 
     def complete(self, request: ModelRequest) -> ModelResponse:
         response = self.inner.complete(request)
-        if response.synthetic:
-            response.cost_usd = 0.0
-        else:
-            response.cost_usd = cost_usd(
-                request.provider,
-                request.model,
-                response.input_tokens,
-                response.cached_input_tokens,
-                response.output_tokens,
-                self.price_overrides,
-            )
+        response.cost_usd = response_cost_usd(request.provider, request.model, response, self.price_overrides)
         return response
 
 
