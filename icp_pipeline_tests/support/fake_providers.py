@@ -632,6 +632,8 @@ class FakeOpenAI(FakeProviderServer):
         self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, kind: str
     ) -> Any:
         now = int(time.time())
+        if kind == "prompt_blocked":
+            kind = "refusal"  # the Responses API blocks a prompt with its content filter
         model = str(body.get("model") or self.default_model)
         output: list[dict[str, Any]] = []
         web = self.wants_web_search(body)
