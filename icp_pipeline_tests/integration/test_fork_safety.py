@@ -127,3 +127,70 @@ def test_a_forked_child_starts_with_fresh_pacing_state() -> None:
         assert PACER.interval("openai") > 0  # the parent keeps its own
     finally:
         PACER.reset()
+
+
+# ------------------------------------------------------------------ through the CLI's site build
+
+
+@pytest.fixture
+def site(sqlite_app: str) -> str:
+    from icp_pipeline.db.session import session_scope
+    from icp_pipeline.segments.site_file import parse_site_file, upsert_site
+    from icp_pipeline_tests.integration.test_segments import EXAMPLE_SITE
+
+    with session_scope(sqlite_app) as session:
+        upsert_site(session, parse_site_file(EXAMPLE_SITE))
+    return sqlite_app
+
+
+def site_build_answers(record: RecordedRequest) -> Step:
+    """Segment discovery, one ICP per segment (named after the segment in its prompt, failing for
+    Agencies), and a summary ranking the segments its prompt lists."""
+    from icp_pipeline_tests.integration.test_segments import icp_json, segments_json, summary_json
+
+    prompt = FakeOpenAI.prompt_of(record.json)
+    if "List the general audience segments" in prompt:
+        return text(segments_json())
+    if "Build the Ideal Customer Profile" in prompt:
+        name = re.search(r"^Segment: (.+)$", prompt, re.MULTILINE)
+        if name is None:
+            return status(400)
+        return status(400) if name.group(1) == "Agencies" else text(icp_json(name.group(1)))
+    if "Compare these segment ICPs" in prompt:
+        return text(summary_json(re.findall(r"^Segment (\S+) \(", prompt, re.MULTILINE)))
+    return status(400)
+
+
+def test_site_build_stores_each_segment_its_own_answer(site: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy as sa
+
+    from icp_pipeline.cli.site_build import build_site
+    from icp_pipeline.db.models import Segment, SegmentResult
+    from icp_pipeline.db.session import session_scope
+    from icp_pipeline.defs.resources import ModelProviderResource
+    from icp_pipeline.segments.steps import BuildOptions
+    from icp_pipeline_tests.support.pipeline import pipeline_defs
+
+    PACER.reset()
+    with FakeOpenAI(api_key=KEY, keep_alive=True) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        server.respond_with = site_build_answers
+        server.latency = 0.3  # the segment builds' requests overlap
+        defs = pipeline_defs(site, models=ModelProviderResource(mode="live", openai_api_key=KEY))
+        # Segment discovery runs in this process and creates the client; the builds run in forks.
+        outcome = build_site(
+            "acme", BuildOptions("openai", "gpt-4o-mini"), workers=3, progress=False, defs=defs
+        )
+    PACER.reset()
+
+    assert (outcome.succeeded, outcome.failed) == (3, 1), outcome.table
+    assert [row["segment_id"] for row in outcome.table if not row["success"]] == ["agencies"]
+    with session_scope(site) as session:
+        rows = session.execute(
+            sa.select(Segment.name, SegmentResult.success, SegmentResult.profile).join(
+                SegmentResult, SegmentResult.segment_id == Segment.id
+            )
+        ).all()
+    built = {name: profile["segment_name"] for name, success, profile in rows if success}
+    assert built and all(stored == name for name, stored in built.items()), built
