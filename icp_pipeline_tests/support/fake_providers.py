@@ -38,6 +38,27 @@ valid key consumes one, FIFO; an empty queue means ``ok``):
 * ``refusal``              (extra) the provider's refusal shape: OpenAI ``status="incomplete"`` with
                            ``incomplete_details.reason="content_filter"``; Anthropic
                            ``stop_reason="refusal"``; Gemini ``finishReason="SAFETY"`` without content
+* ``refusal_part``         OpenAI: a completed message whose content is a ``refusal`` part; the
+                           others: as ``refusal``
+* ``prompt_blocked``       Gemini: no candidates, ``promptFeedback.blockReason="PROHIBITED_CONTENT"``;
+                           the others: as ``refusal``
+* ``empty``                no content at all: OpenAI completed with ``output=[]``; Anthropic
+                           ``end_turn`` with ``content=[]``; Gemini no candidates and no feedback
+* ``truncated``            cut off by the token limit with partial text (the first half of the answer),
+                           output tokens = the request's limit: OpenAI ``status="incomplete"``,
+                           ``incomplete_details.reason="max_output_tokens"``; Anthropic
+                           ``stop_reason="max_tokens"``; Gemini ``finishReason="MAX_TOKENS"``
+* ``truncated_empty``      the same with no text at all: OpenAI only a reasoning item; Anthropic no
+                           content (web search: only the tool blocks); Gemini ``content`` without
+                           ``parts`` and ``thoughtsTokenCount`` = the limit (thinking used the budget)
+* ``pause_turn``           Anthropic: ``stop_reason="pause_turn"``, content = [narration text, (with web
+                           search) server_tool_use, web_search_tool_result, "Now continuing with the
+                           remaining searches."]; continue it by sending that content back as the
+                           assistant message (the next request gets the next step, ``ok`` by default);
+                           the others: as ``ok``
+
+``NUL_TEXT`` and ``SURROGATE_TEXT`` are answer texts for ``text(...)`` holding ``\u0000`` and a lone
+``\ud800``: valid JSON on the wire (escaped), rejected by PostgreSQL and SQLite text columns.
 
 Every request is recorded in ``server.requests`` (``RecordedRequest``: method, path, query, headers
 with lower-case keys, raw body, parsed ``json``, the step applied and the status/body answered), also
@@ -48,12 +69,24 @@ Per-server knobs (plain attributes, change them any time): ``latency`` (seconds 
 ``answer_text``, ``input_tokens``, ``output_tokens``, ``cached_tokens``, ``model_suffix`` (appended to
 the requested model to form the dated model version the response reports), ``cited_sources`` and
 ``retrieved_sources`` (``[(url, title), ...]`` used for web-search answers).
+More knobs: ``cache_write_tokens`` / ``cache_write_1h_tokens`` (Anthropic ``cache_creation`` usage,
+5-minute and 1-hour; OpenAI ``input_tokens_details.cache_write_tokens``), ``tool_use_prompt_tokens``
+(Gemini ``toolUsePromptTokenCount``), ``reasoning_tokens`` (OpenAI reasoning item and
+``reasoning_tokens``, Gemini ``thoughtsTokenCount``), ``search_calls_without_action`` (OpenAI
+``web_search_call`` items without ``action``), Anthropic ``narration`` (text before the search) and
+``split_citations`` (the answer split into text blocks around its citation). ``respond_with``: a
+function of the ``RecordedRequest`` returning the step for it (or None for the next scripted one), e.g.
+to echo a token of the prompt (``server.prompt_of(record.json)``). ``keep_alive=True`` (constructor)
+serves HTTP/1.1 with kept-alive connections, as the real APIs do; ``RecordedRequest.client_port``
+tells the connections apart.
 
 Auth: a server built with ``api_key=...`` answers 401 (provider-shaped) when the request's key differs.
 Keys are read from ``Authorization: Bearer KEY`` (all three), ``x-api-key`` (Anthropic),
 ``x-goog-api-key`` or the ``key`` query parameter (Gemini). Rejected requests consume no script step.
 
-Web search: OpenAI when ``tools`` has an item whose type starts with "web_search"; Anthropic the same;
+Web search: OpenAI when ``tools`` has an item whose type starts with "web_search" (its
+``web_search_call`` carries ``action.sources`` only when ``include`` asks for
+"web_search_call.action.sources", as the real API); Anthropic the same;
 Gemini when a ``tools`` item has ``googleSearch``/``google_search`` (or ``googleSearchRetrieval``).
 The answer then carries citations in the provider's own format (see each class).
 """
@@ -197,6 +230,7 @@ class RecordedRequest:
     step: Step | None = None  # the script step applied (None: rejected before the script, e.g. 401/404)
     status: int | None = None  # the status answered (None while still being handled, or never answered)
     response_body: bytes | None = None
+    client_port: int | None = None  # the client's end of the connection: one per kept-alive connection
 
     @property
     def response_json(self) -> Any:
@@ -428,6 +462,7 @@ class FakeProviderServer:
             body=raw,
             json=parsed,
             received_at=time.time(),
+            client_port=handler.client_address[1],
         )
         with self._lock:
             self.requests.append(record)
