@@ -119,7 +119,10 @@ class AnthropicAdapter(LiveAdapter):
         client = _CLIENTS.get(self.api_key, os.environ.get("ANTHROPIC_BASE_URL"))
         raw_response = client.messages.with_raw_response.create(**params)
         body = raw_response.read()
-        message = raw_response.parse()
+        try:
+            message = raw_response.parse()
+        except ValueError:  # not JSON, or not a message
+            raise self._malformed(request, body) from None
         turn = list(request.continuation or []) + _content_blocks(body, message)
         text = answer_text(turn)
         finish = FINISHES.get(message.stop_reason or "", FINISH_EMPTY)

@@ -48,13 +48,15 @@ def _unpriced_provider(settings: ProviderSettings, provider: str, model: str) ->
         return offline
     if provider not in KEY_VARIABLES:
         raise ProviderError(provider, model, "unknown provider", retryable=False)
-    if not settings.api_keys.get(provider):
+    # Keys read from secret files often end in a newline: the SDKs would send it as is.
+    api_key = (settings.api_keys.get(provider) or "").strip()
+    if not api_key:
         if settings.mode == "live":
             raise ProviderError(
                 provider, model, f"no API key: set {KEY_VARIABLES[provider]}", retryable=False
             )
         return offline
-    return _live_adapter(provider, settings.api_keys[provider])
+    return _live_adapter(provider, api_key)
 
 
 def _live_adapter(provider: str, api_key: str) -> ModelProvider:

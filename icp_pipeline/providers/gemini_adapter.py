@@ -99,9 +99,14 @@ class GeminiAdapter(LiveAdapter):
             config["response_json_schema"] = request.output_schema.model_json_schema()
         client = _CLIENTS.get(self.api_key, os.environ.get("GOOGLE_GEMINI_BASE_URL"))
         _last_body.value = None
-        response = client.models.generate_content(
-            model=request.model, contents=request.prompt, config=types.GenerateContentConfig(**config)
-        )
+        try:
+            response = client.models.generate_content(
+                model=request.model, contents=request.prompt, config=types.GenerateContentConfig(**config)
+            )
+        except ValueError:
+            if _last_body.value is None:  # failed before any answer
+                raise
+            raise self._malformed(request, _last_body.value) from None
         body = _last_body.value
         candidate = (response.candidates or [None])[0]
         finish, reason = finish_of(response)

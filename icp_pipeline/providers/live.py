@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.providers.base import FINISH_EMPTY, ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.resilience import PACER, RETRYABLE_STATUS, redact, retry_after_seconds
 
 
@@ -65,6 +65,30 @@ class LiveAdapter(ABC):
         PACER.succeeded(self.name)
         response.latency_ms = int((time.monotonic() - started) * 1000)
         return response
+
+    def _malformed(self, request: ModelRequest, body: bytes | None) -> ProviderError:
+        """An HTTP 200 whose body does not parse. It was answered (and may be billed), so the error
+        carries a response with the exact bytes for the ledger; the usage is unknown."""
+        response = ModelResponse(
+            text="",
+            raw={},
+            provider=self.name,
+            requested_model=request.model,
+            response_model=None,
+            input_tokens=None,
+            output_tokens=None,
+            web_search=request.web_search,
+            finish=FINISH_EMPTY,
+            finish_reason="malformed",
+            raw_body=body,
+        )
+        return ProviderError(
+            self.name,
+            request.model,
+            "malformed response: the HTTP 200 body is not the expected JSON",
+            retryable=True,
+            response=response,
+        )
 
     def _describe(self, error: Exception, status: int | None) -> str:
         text = redact(str(error), [self.api_key])[:500]

@@ -103,7 +103,10 @@ class OpenAIAdapter(LiveAdapter):
             }
         client = _CLIENTS.get(self.api_key, os.environ.get("OPENAI_BASE_URL"))
         raw_response = client.responses.with_raw_response.create(**params)
-        response = raw_response.parse()
+        try:
+            response = raw_response.parse()
+        except ValueError:  # not JSON, or not a response object
+            raise self._malformed(request, raw_response.content) from None
         finish, reason = finish_of(response)
         usage = response.usage
         details = getattr(usage, "input_tokens_details", None) if usage else None

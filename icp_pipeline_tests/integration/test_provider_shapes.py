@@ -14,6 +14,7 @@ from icp_pipeline.providers.base import (
     FINISH_TRUNCATED,
     ModelRequest,
     ModelResponse,
+    ProviderError,
 )
 from icp_pipeline.providers.factory import ProviderSettings, resolve_provider
 from icp_pipeline.providers.offline import OfflineProvider
@@ -28,6 +29,7 @@ from icp_pipeline_tests.support.fake_providers import (
     FakeOpenAI,
     FakeProviderServer,
     empty,
+    malformed,
     pause_turn,
     prompt_blocked,
     refusal,
@@ -153,6 +155,30 @@ def test_no_content_at_all_is_empty(serve, provider: str) -> None:
     response = ask(provider)
     assert response.finish == FINISH_EMPTY
     assert response.text == ""
+
+
+@pytest.mark.parametrize("provider", list(MODELS))
+def test_a_malformed_200_body_fails_retryably_carrying_the_exact_bytes(serve, provider: str) -> None:
+    server = serve(provider)
+    server.script(malformed)
+    with pytest.raises(ProviderError) as raised:
+        ask(provider)
+    assert raised.value.retryable and "malformed" in str(raised.value)
+    answered = raised.value.response  # answered, perhaps billed: the ledger records it
+    assert answered is not None and answered.raw_body == server.last_request.response_body
+    assert answered.finish == FINISH_EMPTY and answered.finish_reason == "malformed"
+    assert answered.input_tokens is None  # usage unknown, so the cost is unknown, not zero
+
+
+@pytest.mark.parametrize("provider", list(MODELS))
+def test_a_key_with_trailing_whitespace_is_stripped(serve, provider: str) -> None:
+    server = serve(provider)
+    adapter = resolve_provider(
+        ProviderSettings(mode="live", api_keys={provider: f" {KEY}\n"}), provider, MODELS[provider]
+    )
+    response = adapter.complete(ModelRequest(provider, MODELS[provider], "Best tool?", "answer"))
+    assert response.complete
+    assert server.request_count == 1 and server.last_request.status == 200
 
 
 def test_the_offline_provider_always_completes() -> None:
