@@ -32,7 +32,7 @@ from icp_pipeline.providers.schema import strict_json_schema
 TOOL_BLOCKS = frozenset(
     {"server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "tool_use", "tool_result"}
 )
-FINISHES = {
+STOP_REASON_FINISH = {
     "end_turn": FINISH_COMPLETE,
     "stop_sequence": FINISH_COMPLETE,
     "pause_turn": FINISH_PAUSED,
@@ -125,7 +125,7 @@ class AnthropicAdapter(LiveAdapter):
             raise self._malformed(request, body) from None
         turn = list(request.continuation or []) + _content_blocks(body, message)
         text = answer_text(turn)
-        finish = FINISHES.get(message.stop_reason or "", FINISH_EMPTY)
+        finish = STOP_REASON_FINISH.get(message.stop_reason or "", FINISH_EMPTY)
         if finish == FINISH_COMPLETE and not text:
             finish = FINISH_EMPTY
         usage = message.usage

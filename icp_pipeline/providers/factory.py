@@ -33,7 +33,14 @@ class PricedProvider:
         return self.inner.name
 
     def complete(self, request: ModelRequest) -> ModelResponse:
-        response = self.inner.complete(request)
+        try:
+            response = self.inner.complete(request)
+        except ProviderError as error:
+            if error.response is not None:  # answered but unusable: priced all the same
+                error.response.cost_usd = response_cost_usd(
+                    request.provider, request.model, error.response, self.price_overrides
+                )
+            raise
         response.cost_usd = response_cost_usd(request.provider, request.model, response, self.price_overrides)
         return response
 

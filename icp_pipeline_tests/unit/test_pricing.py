@@ -1,10 +1,12 @@
 import pytest
 
+from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.budgets import (
     ANSWER_TOKENS,
     REASONING_OR_SEARCH_ANSWER_TOKENS,
     answer_token_budget,
 )
+from icp_pipeline.providers.factory import PricedProvider
 from icp_pipeline.providers.pricing import PRICES, Price, cost_usd
 
 
@@ -121,3 +123,20 @@ def test_answer_budgets_hold_the_longest_recorded_reasoning_answer() -> None:
     # Real answers of reasoning models with web search used up to 3,773 output tokens.
     assert answer_token_budget("openai", "o4-mini", True) >= 2 * 3_773
     assert ANSWER_TOKENS > 1500  # the old fixed budget truncated such answers
+
+
+class _AnsweredButUnusable:
+    """A provider whose call was answered (with usage) but unusable: it raises with the response."""
+
+    name = "openai"
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        response = ModelResponse("", {}, "openai", request.model, None, 1000, 500)
+        raise ProviderError("openai", request.model, "unusable", retryable=False, response=response)
+
+
+def test_a_paid_response_carried_by_an_error_is_priced() -> None:
+    priced = PricedProvider(_AnsweredButUnusable(), {})
+    with pytest.raises(ProviderError) as raised:
+        priced.complete(ModelRequest("openai", "gpt-4o-mini", "p", "answer"))
+    assert raised.value.response.cost_usd == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
