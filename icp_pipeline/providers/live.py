@@ -139,7 +139,7 @@ def _after_fork_in_child() -> None:
         cache._after_fork_in_child()
     # Pacing state belongs to the process that saw the 429s, and its lock may have been held by
     # another thread at the fork: re-initialise it whole (lock included) rather than reset() it.
-    PACER.__init__()  # type: ignore[misc]
+    PACER.__init__()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
