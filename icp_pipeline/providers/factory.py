@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.offline import OfflineProvider
-from icp_pipeline.providers.pricing import Price, cost_usd
+from icp_pipeline.providers.pricing import Price, response_cost_usd
 
 KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
 MODES = ("auto", "live", "offline")
@@ -33,18 +33,15 @@ class PricedProvider:
         return self.inner.name
 
     def complete(self, request: ModelRequest) -> ModelResponse:
-        response = self.inner.complete(request)
-        if response.synthetic:
-            response.cost_usd = 0.0
-        else:
-            response.cost_usd = cost_usd(
-                request.provider,
-                request.model,
-                response.input_tokens,
-                response.cached_input_tokens,
-                response.output_tokens,
-                self.price_overrides,
-            )
+        try:
+            response = self.inner.complete(request)
+        except ProviderError as error:
+            if error.response is not None:  # answered but unusable: priced all the same
+                error.response.cost_usd = response_cost_usd(
+                    request.provider, request.model, error.response, self.price_overrides
+                )
+            raise
+        response.cost_usd = response_cost_usd(request.provider, request.model, response, self.price_overrides)
         return response
 
 
@@ -58,13 +55,15 @@ def _unpriced_provider(settings: ProviderSettings, provider: str, model: str) ->
         return offline
     if provider not in KEY_VARIABLES:
         raise ProviderError(provider, model, "unknown provider", retryable=False)
-    if not settings.api_keys.get(provider):
+    # Keys read from secret files often end in a newline: the SDKs would send it as is.
+    api_key = (settings.api_keys.get(provider) or "").strip()
+    if not api_key:
         if settings.mode == "live":
             raise ProviderError(
                 provider, model, f"no API key: set {KEY_VARIABLES[provider]}", retryable=False
             )
         return offline
-    return _live_adapter(provider, settings.api_keys[provider])
+    return _live_adapter(provider, api_key)
 
 
 def _live_adapter(provider: str, api_key: str) -> ModelProvider:

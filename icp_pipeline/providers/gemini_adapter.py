@@ -1,26 +1,81 @@
 """Gemini through google-genai (never the retired google-generativeai)."""
 
 import os
-from functools import cache
+import threading
 from typing import Any
 
-from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
-from icp_pipeline.providers.live import LiveAdapter, is_retryable_status
+from icp_pipeline.providers.base import (
+    FINISH_COMPLETE,
+    FINISH_EMPTY,
+    FINISH_REFUSED,
+    FINISH_TRUNCATED,
+    ModelRequest,
+    ModelResponse,
+    SourceCitation,
+)
+from icp_pipeline.providers.live import ClientCache, LiveAdapter, is_retryable_status
 from icp_pipeline.providers.resilience import call_timeout
 
+REFUSED_REASONS = frozenset(
+    {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "RECITATION", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
+)
+COMPLETE_REASONS = frozenset({"STOP", "FINISH_REASON_UNSPECIFIED", ""})
 
-@cache
-def _client(api_key: str, base_url: str | None) -> Any:
+# google-genai keeps only the parsed body: the exact bytes are caught by an httpx response hook,
+# per thread (each call runs its hook in the calling thread).
+_last_body = threading.local()
+
+
+def _keep_body(response: Any) -> None:
+    response.read()
+    _last_body.value = response.content
+
+
+def _build_client(api_key: str, base_url: str | None) -> Any:
     from google import genai
     from google.genai import types
 
     # v1beta carries google_search grounding and response_json_schema. No SDK retries: Dagster's.
-    options = (
-        types.HttpOptions(api_version="v1beta", base_url=base_url)
-        if base_url
-        else types.HttpOptions(api_version="v1beta")
-    )
-    return genai.Client(api_key=api_key, http_options=options)
+    options: dict[str, Any] = {
+        "api_version": "v1beta",
+        "client_args": {"event_hooks": {"response": [_keep_body]}},
+    }
+    if base_url:
+        options["base_url"] = base_url
+    return genai.Client(api_key=api_key, http_options=types.HttpOptions(**options))
+
+
+_CLIENTS = ClientCache(_build_client)
+
+
+def _reason_name(value: Any) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+def finish_of(response: Any) -> tuple[str, str | None]:
+    """(finish, provider's reason) of a generateContent response answered with HTTP 200."""
+    candidate = (response.candidates or [None])[0]
+    if candidate is None:
+        blocked = _reason_name(getattr(response.prompt_feedback, "block_reason", None))
+        if blocked:
+            return FINISH_REFUSED, blocked
+        return FINISH_EMPTY, None
+    reason = _reason_name(getattr(candidate, "finish_reason", None))
+    if reason == "MAX_TOKENS":
+        return FINISH_TRUNCATED, reason  # with partial text, or with no parts at all
+    if reason in REFUSED_REASONS:
+        return FINISH_REFUSED, reason
+    if reason not in COMPLETE_REASONS:
+        return FINISH_EMPTY, reason  # MALFORMED_FUNCTION_CALL, OTHER, ...: no usable answer
+    if not _text(candidate):
+        return FINISH_EMPTY, reason or None
+    return FINISH_COMPLETE, reason or None
+
+
+def _text(candidate: Any) -> str:
+    """The candidate's answer text: its text parts, without thought parts."""
+    parts = getattr(getattr(candidate, "content", None), "parts", None) or []
+    return "".join(p.text for p in parts if isinstance(p.text, str) and not getattr(p, "thought", False))
 
 
 class GeminiAdapter(LiveAdapter):
@@ -42,14 +97,19 @@ class GeminiAdapter(LiveAdapter):
         if request.output_schema is not None:
             config["response_mime_type"] = "application/json"
             config["response_json_schema"] = request.output_schema.model_json_schema()
-        client = _client(self.api_key, os.environ.get("GOOGLE_GEMINI_BASE_URL"))
-        response = client.models.generate_content(
-            model=request.model, contents=request.prompt, config=types.GenerateContentConfig(**config)
-        )
+        client = _CLIENTS.get(self.api_key, os.environ.get("GOOGLE_GEMINI_BASE_URL"))
+        _last_body.value = None
+        try:
+            response = client.models.generate_content(
+                model=request.model, contents=request.prompt, config=types.GenerateContentConfig(**config)
+            )
+        except ValueError:
+            if _last_body.value is None:  # failed before any answer
+                raise
+            raise self._malformed(request, _last_body.value) from None
+        body = _last_body.value
         candidate = (response.candidates or [None])[0]
-        finish = str(getattr(candidate, "finish_reason", "") or "")
-        if any(reason in finish for reason in ("SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST")):
-            raise ProviderError(self.name, request.model, f"refused: {finish}", retryable=False)
+        finish, reason = finish_of(response)
         citations = []
         grounding = getattr(candidate, "grounding_metadata", None)
         if grounding is not None and grounding.grounding_chunks:
@@ -61,12 +121,15 @@ class GeminiAdapter(LiveAdapter):
                     citations.append(SourceCitation(chunk.web.uri, chunk.web.title, index in supported))
         usage = response.usage_metadata
         return ModelResponse(
-            text=response.text or "",
+            text=_text(candidate) if candidate is not None else "",
             raw=response.model_dump(mode="json", exclude_none=True),
             provider=self.name,
             requested_model=request.model,
             response_model=response.model_version,
-            input_tokens=usage.prompt_token_count if usage else None,
+            # Grounding's own prompt (the search results) is billed as input; thinking as output.
+            input_tokens=(usage.prompt_token_count + (usage.tool_use_prompt_token_count or 0))
+            if usage and usage.prompt_token_count is not None
+            else None,
             output_tokens=((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0))
             if usage
             else None,
@@ -74,6 +137,9 @@ class GeminiAdapter(LiveAdapter):
             citations=citations,
             web_search=request.web_search,
             location_mode="prompt" if request.country else "none",  # grounding has no location field
+            finish=finish,
+            finish_reason=reason,
+            raw_body=body,
         )
 
     def _classify(self, error: Exception) -> tuple[int | None, bool | None, Any]:

@@ -2,13 +2,21 @@
 
 Each provider module supplies only what differs: how to build the call, how to read the response,
 and which SDK exceptions mean what.
+
+Fork safety: SDK clients keep HTTP connections alive. A client created in a process and used in a
+child forked from it shares those sockets with the parent and the other children, and responses
+then reach whichever process reads first. So clients live in a `ClientCache`, which hands each
+process its own, and a forked child also starts with fresh pacing state.
 """
 
+import os
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
-from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.providers.base import FINISH_EMPTY, ModelRequest, ModelResponse, ProviderError
 from icp_pipeline.providers.resilience import PACER, RETRYABLE_STATUS, redact, retry_after_seconds
 
 
@@ -58,6 +66,30 @@ class LiveAdapter(ABC):
         response.latency_ms = int((time.monotonic() - started) * 1000)
         return response
 
+    def _malformed(self, request: ModelRequest, body: bytes | None) -> ProviderError:
+        """An HTTP 200 whose body does not parse. It was answered (and may be billed), so the error
+        carries a response with the exact bytes for the ledger; the usage is unknown."""
+        response = ModelResponse(
+            text="",
+            raw={},
+            provider=self.name,
+            requested_model=request.model,
+            response_model=None,
+            input_tokens=None,
+            output_tokens=None,
+            web_search=request.web_search,
+            finish=FINISH_EMPTY,
+            finish_reason="malformed",
+            raw_body=body,
+        )
+        return ProviderError(
+            self.name,
+            request.model,
+            "malformed response: the HTTP 200 body is not the expected JSON",
+            retryable=True,
+            response=response,
+        )
+
     def _describe(self, error: Exception, status: int | None) -> str:
         text = redact(str(error), [self.api_key])[:500]
         if status == 401:
@@ -65,6 +97,52 @@ class LiveAdapter(ABC):
         if status is None:
             return f"{type(error).__name__}: {text}"
         return f"HTTP {status}: {text}"
+
+
+class ClientCache:
+    """SDK clients by their arguments (key, base URL), one set per process, never shared by a fork."""
+
+    def __init__(self, build: Callable[..., Any]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._clients: dict[tuple[Any, ...], Any] = {}
+        _CACHES.append(self)
+
+    def get(self, *args: Any) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():  # forked without the at-fork hook (e.g. os.fork in C code)
+                self._forget()
+            client = self._clients.get(args)
+            if client is None:
+                client = self._clients[args] = self._build(*args)
+            return client
+
+    def _forget(self) -> None:
+        # The parent's clients are kept referenced but never used or closed here: closing them could
+        # act on connections the parent still uses.
+        _INHERITED.append(self._clients)
+        self._clients = {}
+        self._pid = os.getpid()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._forget()
+
+
+_CACHES: list[ClientCache] = []
+_INHERITED: list[dict[tuple[Any, ...], Any]] = []
+
+
+def _after_fork_in_child() -> None:
+    for cache in _CACHES:
+        cache._after_fork_in_child()
+    # Pacing state belongs to the process that saw the 429s, and its lock may have been held by
+    # another thread at the fork: re-initialise it whole (lock included) rather than reset() it.
+    PACER.__init__()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def is_retryable_status(status: int | None) -> bool:

@@ -38,6 +38,27 @@ valid key consumes one, FIFO; an empty queue means ``ok``):
 * ``refusal``              (extra) the provider's refusal shape: OpenAI ``status="incomplete"`` with
                            ``incomplete_details.reason="content_filter"``; Anthropic
                            ``stop_reason="refusal"``; Gemini ``finishReason="SAFETY"`` without content
+* ``refusal_part``         OpenAI: a completed message whose content is a ``refusal`` part; the
+                           others: as ``refusal``
+* ``prompt_blocked``       Gemini: no candidates, ``promptFeedback.blockReason="PROHIBITED_CONTENT"``;
+                           the others: as ``refusal``
+* ``empty``                no content at all: OpenAI completed with ``output=[]``; Anthropic
+                           ``end_turn`` with ``content=[]``; Gemini no candidates and no feedback
+* ``truncated``            cut off by the token limit with partial text (the first half of the answer),
+                           output tokens = the request's limit: OpenAI ``status="incomplete"``,
+                           ``incomplete_details.reason="max_output_tokens"``; Anthropic
+                           ``stop_reason="max_tokens"``; Gemini ``finishReason="MAX_TOKENS"``
+* ``truncated_empty``      the same with no text at all: OpenAI only a reasoning item; Anthropic no
+                           content (web search: only the tool blocks); Gemini ``content`` without
+                           ``parts`` and ``thoughtsTokenCount`` = the limit (thinking used the budget)
+* ``pause_turn``           Anthropic: ``stop_reason="pause_turn"``, content = [narration text, (with web
+                           search) server_tool_use, web_search_tool_result, "Now continuing with the
+                           remaining searches."]; continue it by sending that content back as the
+                           assistant message (the next request gets the next step, ``ok`` by default);
+                           the others: as ``ok``
+
+``NUL_TEXT`` and ``SURROGATE_TEXT`` are answer texts for ``text(...)`` holding ``\u0000`` and a lone
+``\ud800``: valid JSON on the wire (escaped), rejected by PostgreSQL and SQLite text columns.
 
 Every request is recorded in ``server.requests`` (``RecordedRequest``: method, path, query, headers
 with lower-case keys, raw body, parsed ``json``, the step applied and the status/body answered), also
@@ -48,12 +69,24 @@ Per-server knobs (plain attributes, change them any time): ``latency`` (seconds 
 ``answer_text``, ``input_tokens``, ``output_tokens``, ``cached_tokens``, ``model_suffix`` (appended to
 the requested model to form the dated model version the response reports), ``cited_sources`` and
 ``retrieved_sources`` (``[(url, title), ...]`` used for web-search answers).
+More knobs: ``cache_write_tokens`` / ``cache_write_1h_tokens`` (Anthropic ``cache_creation`` usage,
+5-minute and 1-hour; OpenAI ``input_tokens_details.cache_write_tokens``), ``tool_use_prompt_tokens``
+(Gemini ``toolUsePromptTokenCount``), ``reasoning_tokens`` (OpenAI reasoning item and
+``reasoning_tokens``, Gemini ``thoughtsTokenCount``), ``search_calls_without_action`` (OpenAI
+``web_search_call`` items without ``action``), Anthropic ``narration`` (text before the search) and
+``split_citations`` (the answer split into text blocks around its citation). ``respond_with``: a
+function of the ``RecordedRequest`` returning the step for it (or None for the next scripted one), e.g.
+to echo a token of the prompt (``server.prompt_of(record.json)``). ``keep_alive=True`` (constructor)
+serves HTTP/1.1 with kept-alive connections, as the real APIs do; ``RecordedRequest.client_port``
+tells the connections apart.
 
 Auth: a server built with ``api_key=...`` answers 401 (provider-shaped) when the request's key differs.
 Keys are read from ``Authorization: Bearer KEY`` (all three), ``x-api-key`` (Anthropic),
 ``x-goog-api-key`` or the ``key`` query parameter (Gemini). Rejected requests consume no script step.
 
-Web search: OpenAI when ``tools`` has an item whose type starts with "web_search"; Anthropic the same;
+Web search: OpenAI when ``tools`` has an item whose type starts with "web_search" (its
+``web_search_call`` carries ``action.sources`` only when ``include`` asks for
+"web_search_call.action.sources", as the real API); Anthropic the same;
 Gemini when a ``tools`` item has ``googleSearch``/``google_search`` (or ``googleSearchRetrieval``).
 The answer then carries citations in the provider's own format (see each class).
 """
@@ -66,6 +99,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Self
@@ -84,6 +118,14 @@ __all__ = [
     "no_usage",
     "ok",
     "refusal",
+    "refusal_part",
+    "pause_turn",
+    "truncated",
+    "truncated_empty",
+    "prompt_blocked",
+    "empty",
+    "NUL_TEXT",
+    "SURROGATE_TEXT",
     "status",
     "text",
 ]
@@ -106,7 +148,9 @@ DEFAULT_STRUCTURED = (
 class Step:
     """One scripted behaviour. Build it with the constructors below rather than directly."""
 
-    kind: str  # "ok" | "status" | "hang" | "malformed" | "no_usage" | "text" | "refusal"
+    # "ok" | "status" | "hang" | "malformed" | "no_usage" | "text" | "refusal" | "refusal_part" |
+    # "pause_turn" | "truncated" | "truncated_empty" | "prompt_blocked" | "empty"
+    kind: str
     code: int | None = None
     retry_after: float | int | str | None = None
     retry_after_ms: float | int | str | None = None
@@ -129,6 +173,16 @@ ok = Step("ok")
 malformed = Step("malformed")
 no_usage = Step("no_usage")
 refusal = Step("refusal")
+# Recorded shapes of unfinished turns (see the module docstring for each provider's form).
+pause_turn = Step("pause_turn")
+truncated = Step("truncated")
+truncated_empty = Step("truncated_empty")
+refusal_part = Step("refusal_part")
+prompt_blocked = Step("prompt_blocked")
+empty = Step("empty")
+# Answer texts that are valid JSON on the wire but that SQLite/PostgreSQL text columns reject.
+NUL_TEXT = "Acme \u0000 is great"
+SURROGATE_TEXT = "Acme \ud800 is great"
 
 
 def status(
@@ -176,6 +230,7 @@ class RecordedRequest:
     step: Step | None = None  # the script step applied (None: rejected before the script, e.g. 401/404)
     status: int | None = None  # the status answered (None while still being handled, or never answered)
     response_body: bytes | None = None
+    client_port: int | None = None  # the client's end of the connection: one per kept-alive connection
 
     @property
     def response_json(self) -> Any:
@@ -227,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *_args: Any) -> None:
         pass
 
+    def setup(self) -> None:
+        if self.server.fake.keep_alive:
+            # HTTP/1.1 keeps the connection open between requests, as the real APIs do; this is what
+            # lets a client's pooled connection be inherited across a fork. Idle connections close
+            # after `timeout` seconds so their handler threads end.
+            self.protocol_version = "HTTP/1.1"
+            self.timeout = 30
+        super().setup()
+
     def read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             chunks = []
@@ -258,8 +322,14 @@ class FakeProviderServer:
         input_tokens: int = 120,
         output_tokens: int = 45,
         cached_tokens: int = 20,
+        keep_alive: bool = False,
     ) -> None:
         self.api_key = api_key
+        # HTTP/1.1 keep-alive connections (the real APIs' behaviour); fixed when the server starts.
+        self.keep_alive = keep_alive
+        # Decides the step per request when set (a step, or None to take the next scripted one), e.g.
+        # to answer each request with a token of its own prompt, or to fail requests about one subject.
+        self.respond_with: Callable[[RecordedRequest], Step | None] | None = None
         self.answer_text = answer_text
         # What a structured-output request (JSON schema in the body) gets unless a step says otherwise.
         self.structured_text = DEFAULT_STRUCTURED
@@ -268,6 +338,14 @@ class FakeProviderServer:
         self.output_tokens = output_tokens
         self.cached_tokens = cached_tokens
         self.model_suffix = type(self).model_suffix
+        # Prompt-cache writes (Anthropic 5-minute and 1-hour, OpenAI input_tokens_details), Gemini's
+        # grounding prompt tokens and reasoning ("thinking") tokens: reported only when non-zero.
+        self.cache_write_tokens = 0
+        self.cache_write_1h_tokens = 0
+        self.tool_use_prompt_tokens = 0
+        self.reasoning_tokens = 0
+        # OpenAI: web_search_call items without an `action`, put before the one that searched.
+        self.search_calls_without_action = 0
         self.cited_sources: list[tuple[str, str]] = list(CITED_SOURCES)
         self.retrieved_sources: list[tuple[str, str]] = list(type(self).default_retrieved_sources)
         self.requests: list[RecordedRequest] = []
@@ -384,6 +462,7 @@ class FakeProviderServer:
             body=raw,
             json=parsed,
             received_at=time.time(),
+            client_port=handler.client_address[1],
         )
         with self._lock:
             self.requests.append(record)
@@ -408,8 +487,9 @@ class FakeProviderServer:
             return self._error_reply(404, f"Unknown endpoint {record.method} {record.path}")
         if self.api_key is not None and self._request_key(record) != self.api_key:
             return self._error_reply(401, "Invalid API key")
+        chosen = self.respond_with(record) if self.respond_with is not None else None
         with self._lock:
-            step = self._steps.popleft() if self._steps else ok
+            step = chosen or (self._steps.popleft() if self._steps else ok)
         record.step = step
         kind = step.kind
         if kind == "status":
@@ -440,13 +520,7 @@ class FakeProviderServer:
             answer = self.structured_text
         else:
             answer = self.answer_text
-        payload = self._success(
-            route,
-            record.json if isinstance(record.json, dict) else {},
-            answer,
-            usage=kind != "no_usage",
-            refused=kind == "refusal",
-        )
+        payload = self._success(route, body_json, answer, usage=kind != "no_usage", kind=kind)
         return _json_reply(200, payload, self._success_headers())
 
     def _send(self, handler: _Handler, reply: _Reply) -> None:
@@ -505,8 +579,19 @@ class FakeProviderServer:
         return {}
 
     def _success(
-        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, refused: bool
+        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, kind: str
     ) -> Any:
+        """The 200 body for a step ``kind`` ("ok", "text", "refusal", "truncated", ...)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _partial(answer: str) -> str:
+        """The text so far of an answer cut off by the token limit."""
+        return answer[: max(1, len(answer) // 2)].rstrip()
+
+    @staticmethod
+    def prompt_of(body: Any) -> str:
+        """The user prompt of a request body (the first user text), "" when there is none."""
         raise NotImplementedError
 
     def _all_sources(self) -> list[tuple[str, str]]:
@@ -558,6 +643,20 @@ class FakeOpenAI(FakeProviderServer):
         return ((body.get("text") or {}).get("format") or {}).get("type") == "json_schema"
 
     @staticmethod
+    def prompt_of(body: Any) -> str:
+        given = body.get("input") if isinstance(body, dict) else None
+        if isinstance(given, str):
+            return given
+        for item in given or []:
+            content = item.get("content") if isinstance(item, dict) else None
+            if isinstance(content, str):
+                return content
+            for part in content or []:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    return part["text"]
+        return ""
+
+    @staticmethod
     def wants_web_search(body: dict[str, Any]) -> bool:
         return any(
             isinstance(t, dict) and str(t.get("type", "")).startswith("web_search")
@@ -565,29 +664,39 @@ class FakeOpenAI(FakeProviderServer):
         )
 
     def _success(
-        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, refused: bool
+        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, kind: str
     ) -> Any:
         now = int(time.time())
+        if kind == "prompt_blocked":
+            kind = "refusal"  # the Responses API blocks a prompt with its content filter
         model = str(body.get("model") or self.default_model)
         output: list[dict[str, Any]] = []
         web = self.wants_web_search(body)
+        # Only a request that asks for them gets the searched sources (as the real API does).
+        with_sources = "web_search_call.action.sources" in (body.get("include") or [])
+        incomplete_reason = {
+            "refusal": "content_filter",
+            "truncated": "max_output_tokens",
+            "truncated_empty": "max_output_tokens",
+        }.get(kind)
+        if kind in ("truncated", "truncated_empty"):
+            answer = self._partial(answer) if kind == "truncated" else ""
         annotations: list[dict[str, Any]] = []
+        if self.reasoning_tokens or kind == "truncated_empty":
+            output.append({"type": "reasoning", "id": _new_id("rs_"), "summary": []})
         if web:
             query = str(body.get("input") if isinstance(body.get("input"), str) else "acme")[:80]
+            for _ in range(self.search_calls_without_action):
+                output.append({"type": "web_search_call", "id": _new_id("ws_"), "status": "completed"})
+            action: dict[str, Any] = {"type": "search", "query": query, "queries": [query]}
+            if with_sources:
+                action["sources"] = [{"type": "url", "url": url} for url, _ in self._all_sources()]
             output.append(
-                {
-                    "type": "web_search_call",
-                    "id": _new_id("ws_"),
-                    "status": "completed",
-                    "action": {
-                        "type": "search",
-                        "query": query,
-                        "queries": [query],
-                        "sources": [{"type": "url", "url": url} for url, _ in self._all_sources()],
-                    },
-                }
+                {"type": "web_search_call", "id": _new_id("ws_"), "status": "completed", "action": action}
             )
             for url, title in self.cited_sources:
+                if url not in answer and kind in ("truncated", "truncated_empty"):
+                    continue
                 start, end = _span(answer, url)
                 annotations.append(
                     {
@@ -598,27 +707,33 @@ class FakeOpenAI(FakeProviderServer):
                         "end_index": end,
                     }
                 )
-        if not refused:
+        part: dict[str, Any] | None = None
+        if kind == "refusal_part":
+            part = {"type": "refusal", "refusal": "I'm sorry, I can't help with that."}
+        elif kind not in ("refusal", "truncated_empty", "empty"):
+            part = {"type": "output_text", "text": answer, "annotations": annotations, "logprobs": []}
+        if part is not None:
             output.append(
                 {
                     "type": "message",
                     "id": _new_id("msg_"),
                     "role": "assistant",
-                    "status": "completed",
-                    "content": [
-                        {"type": "output_text", "text": answer, "annotations": annotations, "logprobs": []}
-                    ],
+                    "status": "incomplete" if incomplete_reason else "completed",
+                    "content": [part],
                 }
             )
+        output_tokens = self.output_tokens + self.reasoning_tokens
+        if incomplete_reason == "max_output_tokens" and body.get("max_output_tokens"):
+            output_tokens = int(body["max_output_tokens"])
         return {
             "id": _new_id("resp_"),
             "object": "response",
             "created_at": now,
-            "completed_at": None if refused else now,
-            "status": "incomplete" if refused else "completed",
+            "completed_at": None if incomplete_reason else now,
+            "status": "incomplete" if incomplete_reason else "completed",
             "background": False,
             "error": None,
-            "incomplete_details": {"reason": "content_filter"} if refused else None,
+            "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
             "instructions": body.get("instructions"),
             "max_output_tokens": body.get("max_output_tokens"),
             "max_tool_calls": None,
@@ -638,10 +753,13 @@ class FakeOpenAI(FakeProviderServer):
             "truncation": "disabled",
             "usage": {
                 "input_tokens": self.input_tokens,
-                "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0},
-                "output_tokens": self.output_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": self.input_tokens + self.output_tokens,
+                "input_tokens_details": {
+                    "cached_tokens": self.cached_tokens,
+                    "cache_write_tokens": self.cache_write_tokens,
+                },
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+                "total_tokens": self.input_tokens + output_tokens,
             }
             if usage
             else None,
@@ -667,6 +785,10 @@ class FakeAnthropic(FakeProviderServer):
     default_model = "claude-haiku-4-5"
     model_suffix = "-20251001"
     default_retrieved_sources = RETRIEVED_ONLY_SOURCES
+    # Text written before the search (web-search answers only), as real answers often have.
+    narration: str | None = None
+    # Split the answer into text blocks around the first cited URL, as the API does for citations.
+    split_citations: bool = False
 
     _ERROR_TYPES: ClassVar[dict[int, str]] = {
         400: "invalid_request_error",
@@ -701,44 +823,55 @@ class FakeAnthropic(FakeProviderServer):
         return bool((body.get("output_config") or {}).get("format"))
 
     @staticmethod
+    def prompt_of(body: Any) -> str:
+        for message in (body.get("messages") if isinstance(body, dict) else None) or []:
+            if not isinstance(message, dict) or message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            for block in content or []:
+                if isinstance(block, dict) and isinstance(block.get("text"), str):
+                    return block["text"]
+        return ""
+
+    @staticmethod
     def wants_web_search(body: dict[str, Any]) -> bool:
         return any(
             isinstance(t, dict) and str(t.get("type", "")).startswith("web_search")
             for t in body.get("tools") or []
         )
 
-    def _success(
-        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, refused: bool
-    ) -> Any:
-        model = str(body.get("model") or self.default_model)
-        web = self.wants_web_search(body) and not refused
-        content: list[dict[str, Any]] = []
-        if web:
-            tool_id = _new_id("srvtoolu_")
-            content.append(
-                {
-                    "type": "server_tool_use",
-                    "id": tool_id,
-                    "name": "web_search",
-                    "input": {"query": "acme pricing"},
-                }
-            )
-            content.append(
-                {
-                    "type": "web_search_tool_result",
-                    "tool_use_id": tool_id,
-                    "content": [
-                        {
-                            "type": "web_search_result",
-                            "url": url,
-                            "title": title,
-                            "encrypted_content": f"enc-{index}",
-                            "page_age": None,
-                        }
-                        for index, (url, title) in enumerate(self._all_sources())
-                    ],
-                }
-            )
+    # Recorded wording of a paused web-search turn's narration.
+    PAUSE_NARRATION: ClassVar[tuple[str, str]] = (
+        "I'll search for current information about this.",
+        "Now continuing with the remaining searches.",
+    )
+
+    def _search_blocks(self, query: str) -> list[dict[str, Any]]:
+        tool_id = _new_id("srvtoolu_")
+        return [
+            {"type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {"query": query}},
+            {
+                "type": "web_search_tool_result",
+                "tool_use_id": tool_id,
+                "content": [
+                    {
+                        "type": "web_search_result",
+                        "url": url,
+                        "title": title,
+                        "encrypted_content": f"enc-{index}",
+                        "page_age": None,
+                    }
+                    for index, (url, title) in enumerate(self._all_sources())
+                ],
+            },
+        ]
+
+    def _answer_blocks(self, answer: str) -> list[dict[str, Any]]:
+        """The answer as the API writes it after a search: text split around each cited passage."""
+        cited = [(url, title) for url, title in self.cited_sources if url in answer]
+        if not cited or not self.split_citations:
             citations = [
                 {
                     "type": "web_search_result_location",
@@ -749,18 +882,69 @@ class FakeAnthropic(FakeProviderServer):
                 }
                 for index, (url, title) in enumerate(self.cited_sources)
             ]
-            content.append({"type": "text", "text": answer, "citations": citations})
-        elif not refused:
+            return [{"type": "text", "text": answer, "citations": citations}]
+        url, title = cited[0]
+        before, _, after = answer.partition(url)
+        citation = {
+            "type": "web_search_result_location",
+            "url": url,
+            "title": title,
+            "encrypted_index": "idx-0",
+            "cited_text": url,
+        }
+        blocks = [{"type": "text", "text": before, "citations": None}] if before else []
+        blocks.append({"type": "text", "text": url, "citations": [citation]})
+        if after:
+            blocks.append({"type": "text", "text": after, "citations": None})
+        return blocks
+
+    def _success(
+        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, kind: str
+    ) -> Any:
+        model = str(body.get("model") or self.default_model)
+        refused = kind in ("refusal", "refusal_part", "prompt_blocked")
+        web = self.wants_web_search(body) and not refused
+        stop_reason = {
+            "pause_turn": "pause_turn",
+            "truncated": "max_tokens",
+            "truncated_empty": "max_tokens",
+        }.get(kind, "refusal" if refused else "end_turn")
+        content: list[dict[str, Any]] = []
+        if kind == "pause_turn":
+            first, then = self.PAUSE_NARRATION
+            content.append({"type": "text", "text": first, "citations": None})
+            if web:
+                content.extend(self._search_blocks("acme pricing"))
+            content.append({"type": "text", "text": then, "citations": None})
+        elif web:
+            if self.narration:
+                content.append({"type": "text", "text": self.narration, "citations": None})
+            content.extend(self._search_blocks("acme pricing"))
+            if kind == "truncated":
+                content.append({"type": "text", "text": self._partial(answer), "citations": None})
+            elif kind not in ("truncated_empty", "empty"):
+                content.extend(self._answer_blocks(answer))
+        elif kind == "truncated":
+            content.append({"type": "text", "text": self._partial(answer), "citations": None})
+        elif not refused and kind not in ("truncated_empty", "empty"):
             content.append({"type": "text", "text": answer, "citations": None})
         usage_body: dict[str, Any] | None = None
         if usage:
+            output_tokens = self.output_tokens
+            if stop_reason == "max_tokens" and body.get("max_tokens"):
+                output_tokens = int(body["max_tokens"])
             usage_body = {
                 "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
+                "output_tokens": output_tokens,
                 "cache_read_input_tokens": self.cached_tokens,
-                "cache_creation_input_tokens": 0,
+                "cache_creation_input_tokens": self.cache_write_tokens + self.cache_write_1h_tokens,
                 "service_tier": "standard",
             }
+            if self.cache_write_tokens or self.cache_write_1h_tokens:
+                usage_body["cache_creation"] = {
+                    "ephemeral_5m_input_tokens": self.cache_write_tokens,
+                    "ephemeral_1h_input_tokens": self.cache_write_1h_tokens,
+                }
             if web:
                 usage_body["server_tool_use"] = {"web_search_requests": 1, "web_fetch_requests": 0}
         return {
@@ -769,7 +953,7 @@ class FakeAnthropic(FakeProviderServer):
             "role": "assistant",
             "model": self._response_model(model),
             "content": content,
-            "stop_reason": "refusal" if refused else "end_turn",
+            "stop_reason": stop_reason,
             "stop_sequence": None,
             "stop_details": {"type": "refusal", "category": None, "explanation": None} if refused else None,
             "usage": usage_body,
@@ -833,19 +1017,24 @@ class FakeGemini(FakeProviderServer):
         return any(isinstance(t, dict) and keys & set(t) for t in body.get("tools") or [])
 
     @staticmethod
-    def _prompt(body: dict[str, Any]) -> str:
-        for content in body.get("contents") or []:
+    def prompt_of(body: Any) -> str:
+        for content in (body.get("contents") if isinstance(body, dict) else None) or []:
             for part in (content or {}).get("parts") or []:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     return part["text"]
-        return "acme"
+        return ""
+
+    @classmethod
+    def _prompt(cls, body: dict[str, Any]) -> str:
+        return cls.prompt_of(body) or "acme"
 
     def _success(
-        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, refused: bool
+        self, route: dict[str, str], body: dict[str, Any], answer: str, *, usage: bool, kind: str
     ) -> Any:
         model = route.get("model") or self.default_model
-        candidate: dict[str, Any]
-        if refused:
+        candidate: dict[str, Any] | None
+        output_tokens: int | None = self.output_tokens
+        if kind in ("refusal", "refusal_part"):
             candidate = {
                 "finishReason": "SAFETY",
                 "index": 0,
@@ -853,10 +1042,20 @@ class FakeGemini(FakeProviderServer):
                     {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}
                 ],
             }
+            output_tokens = None
+        elif kind in ("prompt_blocked", "empty"):
+            candidate = None
+            output_tokens = None
+        elif kind == "truncated_empty":
+            # Thinking used the whole budget: no parts at all.
+            candidate = {"content": {"role": "model"}, "finishReason": "MAX_TOKENS", "index": 0}
+            output_tokens = None
         else:
+            if kind == "truncated":
+                answer = self._partial(answer)
             candidate = {
                 "content": {"role": "model", "parts": [{"text": answer}]},
-                "finishReason": "STOP",
+                "finishReason": "MAX_TOKENS" if kind == "truncated" else "STOP",
                 "index": 0,
             }
             if self.wants_web_search(body):
@@ -884,17 +1083,27 @@ class FakeGemini(FakeProviderServer):
                     if self.cited_sources
                     else [],
                 }
-        payload: dict[str, Any] = {
-            "candidates": [candidate],
-            "modelVersion": self._response_model(model),
-            "responseId": uuid.uuid4().hex[:22],
-        }
+        payload: dict[str, Any] = {"modelVersion": self._response_model(model)}
+        if candidate is not None:
+            payload["candidates"] = [candidate]
+        if kind == "prompt_blocked":
+            payload["promptFeedback"] = {"blockReason": "PROHIBITED_CONTENT"}
+        payload["responseId"] = uuid.uuid4().hex[:22]
         if usage:
-            payload["usageMetadata"] = {
-                "promptTokenCount": self.input_tokens,
-                "candidatesTokenCount": self.output_tokens,
-                "cachedContentTokenCount": self.cached_tokens,
-                "totalTokenCount": self.input_tokens + self.output_tokens,
-                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": self.input_tokens}],
-            }
+            thoughts = self.reasoning_tokens
+            if kind == "truncated_empty":
+                thoughts = int((body.get("generationConfig") or {}).get("maxOutputTokens") or thoughts)
+            metadata: dict[str, Any] = {"promptTokenCount": self.input_tokens}
+            if output_tokens is not None:
+                metadata["candidatesTokenCount"] = output_tokens
+            metadata["cachedContentTokenCount"] = self.cached_tokens
+            if self.tool_use_prompt_tokens:
+                metadata["toolUsePromptTokenCount"] = self.tool_use_prompt_tokens
+            if thoughts:
+                metadata["thoughtsTokenCount"] = thoughts
+            metadata["totalTokenCount"] = (
+                self.input_tokens + (output_tokens or 0) + self.tool_use_prompt_tokens + thoughts
+            )
+            metadata["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.input_tokens}]
+            payload["usageMetadata"] = metadata
         return payload
