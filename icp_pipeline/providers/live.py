@@ -49,7 +49,9 @@ class LiveAdapter(ABC):
         except Exception as error:  # SDK errors are translated below, never leaked with secrets
             status, retryable, headers = self._classify(error)
             if retryable is None:
-                raise
+                # Not an error the SDK documents: fail the step without a retry, and never with the
+                # exception's own text unredacted (an SDK's internals may hold the key).
+                retryable = False
             retry_after = retry_after_seconds(headers)
             if status == 429:
                 PACER.rate_limited(self.name, retry_after)

@@ -13,7 +13,8 @@ from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderReso
 from icp_pipeline.defs.retries import DB_RETRY, MODEL_RETRY, is_last_attempt, retry_provider_error
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.providers.base import ProviderError
-from icp_pipeline.settings import SecretFormatError
+from icp_pipeline.redaction import redact
+from icp_pipeline.settings import SecretFormatError, known_secrets
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.analytics import analytics_markdown
 from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
@@ -38,11 +39,13 @@ def question_run_step(
         else:
             retryable = not isinstance(error, steps.StepError | LookupError)
         if not retryable or is_last_attempt(context, policy):
+            # The message reaches the app database and the event log: no secret in any form.
+            message = redact(str(error), known_secrets())
             with suppress(LookupError):  # a partition with no cycle has no item to mark
-                steps.fail_partition(app_db.resolved_url, context.partition_key, step, str(error))
+                steps.fail_partition(app_db.resolved_url, context.partition_key, step, message)
             raise dg.Failure(
-                description=f"{step} failed for {context.partition_key}: {error}", allow_retries=False
-            ) from error
+                description=f"{step} failed for {context.partition_key}: {message}", allow_retries=False
+            ) from None
         if isinstance(error, ProviderError):
             retry_provider_error(context, error, policy)
         raise
