@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import ModelCall, Segment, SegmentResult, Site, SiteSummary
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.ledger import buy_structured, total_cost
+from icp_pipeline.ledger import buy_structured, new_claimant, purchase_subject, total_cost
 from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.segments.keys import segment_partition_key, slugify
@@ -66,11 +66,22 @@ def _request(options: BuildOptions, purpose: str, prompt: str, hints: dict[str, 
     )
 
 
+def _inputs(request: ModelRequest, options: BuildOptions, claimant: str) -> tuple[str, ...]:
+    """What a purchase subject's digest covers: the question asked and, for a rebuild, the run group
+    asking (a rebuild buys anew once per run; its retries reuse it)."""
+    return (request.provider, request.model, request.system or "", request.prompt, claimant if options.rebuild else "")
+
+
 def discover_segments(
-    db_url: str, site_id: str, provider_for: ProviderFor, options: BuildOptions
+    db_url: str,
+    site_id: str,
+    provider_for: ProviderFor,
+    options: BuildOptions,
+    claimant: str | None = None,
 ) -> dict[str, Any]:
     """Ask once for general segments (reused on later builds unless rebuilding); keep imported ones.
     Returns every active segment's partition key."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         site = require_site(session, site_id)
         segments = active_segments(session, site_id)
@@ -81,10 +92,17 @@ def discover_segments(
             request = _request(options, "segments", segments_prompt(site, imported), {"site": site.name})
     bought = 0
     if request is not None:
-        result, calls = buy_structured(
-            db_url, "segments", request, SegmentList, provider_for, site_id=site_id
+        purchase = buy_structured(
+            db_url,
+            "segments",
+            request,
+            SegmentList,
+            provider_for,
+            subject=purchase_subject("segments", site_id, *_inputs(request, options, claimant)),
+            claimant=claimant,
+            site_id=site_id,
         )
-        bought = len(calls)
+        result, bought = purchase.value, purchase.bought
         with session_scope(db_url) as session:
             existing = {s.key: s for s in session.scalars(select(Segment).where(Segment.site_id == site_id))}
             taken = {k for k, s in existing.items() if s.source == "imported"}
@@ -123,9 +141,14 @@ def discover_segments(
 
 
 def build_segment(
-    db_url: str, partition_key: str, provider_for: ProviderFor, options: BuildOptions
+    db_url: str,
+    partition_key: str,
+    provider_for: ProviderFor,
+    options: BuildOptions,
+    claimant: str | None = None,
 ) -> dict[str, Any]:
     """Build one segment's ICP; the result row is replaced in place. Failures are stored, then raised."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
         if segment is None:
@@ -150,9 +173,18 @@ def build_segment(
         time.sleep(options.pacing_seconds)  # spares the provider between segment builds
     started = time.monotonic()
     try:
-        result, calls = buy_structured(
-            db_url, "icp", request, SegmentICP, provider_for, site_id=site_id, segment_id=segment_id
+        purchase = buy_structured(
+            db_url,
+            "icp",
+            request,
+            SegmentICP,
+            provider_for,
+            subject=purchase_subject("icp", segment_id, *_inputs(request, options, claimant)),
+            claimant=claimant,
+            site_id=site_id,
+            segment_id=segment_id,
         )
+        result, calls = purchase.value, purchase.calls
     except ProviderError as error:
         _store_result(db_url, segment_id, options, started, error=str(error), raw_text=error.raw_text)
         raise
@@ -236,9 +268,15 @@ def segment_table(session: Session, site_id: str) -> list[dict[str, Any]]:
 
 
 def summarize_site(
-    db_url: str, site_id: str, provider_for: ProviderFor, options: BuildOptions
+    db_url: str,
+    site_id: str,
+    provider_for: ProviderFor,
+    options: BuildOptions,
+    claimant: str | None = None,
 ) -> dict[str, Any]:
-    """Compare the segments that succeeded (one model call); fails, listing every error, when none did."""
+    """Compare the segments that succeeded (one model call, reused while its inputs are unchanged);
+    fails, listing every error, when none did."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         site = require_site(session, site_id)
         table = segment_table(session, site_id)
@@ -268,15 +306,18 @@ def summarize_site(
         _store_summary(db_url, site_id, table, options, error=f"no segment succeeded ({errors})")
         raise SummaryFailed(f"site {site_id}: no segment succeeded: {errors}")
     try:
-        comparison, calls = buy_structured(
+        purchase = buy_structured(
             db_url,
             "site_summary",
             request,
             SiteComparison,
             provider_for,
             {"segment_ids": [s[0] for s in succeeded]},
+            subject=purchase_subject("summary", site_id, request.provider, request.model, request.prompt),
+            claimant=claimant,
             site_id=site_id,
         )
+        comparison, calls = purchase.value, purchase.calls
     except ProviderError as error:
         _store_summary(db_url, site_id, table, options, error=str(error))
         raise
