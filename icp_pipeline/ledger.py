@@ -338,11 +338,12 @@ class LedgerProvider:
             earlier_citations = _merge_citations(earlier_citations, _citations(response))
 
     def _resume(self, request: ModelRequest) -> tuple[Any, list[dict[str, Any]]]:
-        """A turn an earlier attempt left paused (same subject and prompt) is continued, not re-bought."""
+        """A turn an earlier attempt left paused (same subject and prompt) is continued, not re-bought:
+        the subject's last paid call is a pause (a failed continuation after it was not paid)."""
         with session_scope(self.purchase.db_url) as session:
             last = session.scalars(
                 select(ModelCall)
-                .where(ModelCall.subject == self.purchase.subject)
+                .where(ModelCall.subject == self.purchase.subject, ModelCall.paid)
                 .order_by(ModelCall.id.desc())
                 .limit(1)
             ).first()

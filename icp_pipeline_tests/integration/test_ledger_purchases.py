@@ -287,6 +287,26 @@ def test_a_paused_turn_is_continued_and_each_part_is_in_the_ledger(app_url: str)
     assert runs["output_tokens"] == 14  # both parts were paid for
 
 
+def test_a_paused_turn_cut_short_by_a_failure_is_continued_by_the_next_attempt_not_rebought(
+    app_url: str,
+) -> None:
+    key, item_id = _partition(app_url)
+    continuation = [{"type": "text", "text": "Searching..."}]
+
+    def unavailable(request: ModelRequest) -> ModelResponse:
+        raise ProviderError(request.provider, request.model, "HTTP 503", retryable=True, status_code=503)
+
+    provider = ScriptedProvider(
+        answer=[reply("Searching...", "paused", continuation=continuation), unavailable, reply("Acme wins.")]
+    )
+    summary = like_dagster(lambda: steps.buy_answers(app_url, key, provider.provider_for, "run-1"))
+    assert summary["bought"] == 1
+    assert [r.continuation for r in provider.requests] == [None, continuation, continuation]
+    answers = sorted(_answers(app_url, item_id), key=lambda c: c.id)
+    assert [(c.finish, c.paid) for c in answers] == [("paused", True), (None, False), ("complete", True)]
+    assert steps.store_runs(app_url, key)["answer_preview"] == "Acme wins."
+
+
 @pytest.mark.parametrize(
     ("finish", "reason", "expected"),
     [
