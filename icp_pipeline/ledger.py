@@ -335,7 +335,7 @@ class LedgerProvider:
                     retryable=True,
                 )
             continuation = response.continuation
-            earlier_citations = _merge_citations(earlier_citations, _citations(response))
+            earlier_citations = self.calls[-1].source_citations
 
     def _resume(self, request: ModelRequest) -> tuple[Any, list[dict[str, Any]]]:
         """A turn an earlier attempt left paused (same subject and prompt) is continued, not re-bought:
@@ -427,7 +427,6 @@ def _call_fields(
         return {**fields, "ok": False, "paid": False, "output_text": _safe(getattr(error, "raw_text", None))}
     text, exact = storable_text(response.text)
     complete = response.finish == FINISH_COMPLETE and error is None
-    citations = _citations(response)
     return {
         **fields,
         "ok": complete,
@@ -437,11 +436,13 @@ def _call_fields(
         "response_model": _safe(response.response_model),
         "output_text": text,
         "exact_text": exact,
-        "raw_response": response.raw,
+        "raw_response": response.raw
+        if _json_or_none(response.raw) is not None
+        else {"repr": repr(response.raw)},
         "raw_body": response.raw_body,
         "continuation": _json_or_none(response.continuation) if response.finish == FINISH_PAUSED else None,
-        # A continued turn's answer row carries the citations of the whole turn.
-        "source_citations": _merge_citations(earlier_citations or [], citations) if complete else citations,
+        # The rows of a continued turn carry its citations so far: the answer row has the whole turn's.
+        "source_citations": _merge_citations(earlier_citations or [], _citations(response)),
         "input_tokens": response.input_tokens,
         "cached_input_tokens": response.cached_input_tokens,
         "cache_write_tokens": response.cache_write_tokens,
@@ -500,7 +501,14 @@ def _write_call(purchase: Purchase, fields: dict[str, Any]) -> ModelCall:
     try:
         return _with_write_retries(purchase.db_url, fields)
     except Exception as error:
-        path = _spool(purchase, fields)
+        try:
+            path = _spool(purchase, fields)
+        except OSError as spool_error:  # disk full, read-only: nothing more can keep it
+            raise LedgerWriteFailed(
+                f"the paid {purchase.purpose} call for {purchase.subject} could not be written to the "
+                f"ledger ({type(error).__name__}) nor spooled ({spool_error}); its claim is kept for "
+                f"{CLAIM_TTL.total_seconds():.0f}s"
+            ) from error
         raise LedgerWriteFailed(
             f"the paid {purchase.purpose} call for {purchase.subject} could not be written to the ledger "
             f"({type(error).__name__}); it is kept in {path} and the next attempt writes it there "
@@ -556,14 +564,18 @@ def _spool(purchase: Purchase, fields: dict[str, Any]) -> Path:
         "fields": {k: _encode(v) for k, v in fields.items()},
     }
     # ensure_ascii: the spool is plain ASCII whatever the answer holds (surrogates become \ud800).
-    data = json.dumps(record, ensure_ascii=True).encode("ascii")
+    data = json.dumps(record, ensure_ascii=True, default=repr).encode("ascii")
     path = directory / f"{_subject_prefix(purchase.subject)}.{time.time_ns()}.{fields['call_uid']}.json"
     temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -19,7 +19,7 @@ from icp_pipeline import ledger
 from icp_pipeline.db.models import CycleItem, Mention, ModelCall, OrgModel, PurchaseClaim
 from icp_pipeline.db.session import get_engine, session_scope, upgrade
 from icp_pipeline.defs.resources import ModelProviderResource
-from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline_tests.conftest import load_example
@@ -271,8 +271,13 @@ def test_a_paused_turn_is_continued_and_each_part_is_in_the_ledger(app_url: str)
     continuation = [{"type": "server_tool_use", "name": "web_search", "input": {"query": "acme"}}]
     provider = ScriptedProvider(
         answer=[
-            reply("Now continuing with the remaining searches", "paused", continuation=continuation),
-            reply("Acme is the best choice."),
+            reply(
+                "Now continuing with the remaining searches",
+                "paused",
+                continuation=continuation,
+                citations=[SourceCitation("https://retrieved.example/", cited=False)],
+            ),
+            reply("Acme is the best choice.", citations=[SourceCitation("https://acme.io/pricing")]),
         ]
     )
     summary = steps.buy_answers(app_url, key, provider.provider_for, "run-1")
@@ -282,6 +287,10 @@ def test_a_paused_turn_is_continued_and_each_part_is_in_the_ledger(app_url: str)
     answers = sorted(_answers(app_url, item_id), key=lambda c: c.id)
     assert [(c.finish, c.ok, c.paid) for c in answers] == [("paused", False, True), ("complete", True, True)]
     assert {c.subject for c in answers} == {f"answer:{item_id}"}
+    assert answers[1].source_citations == [  # the answer has the whole turn's sources
+        {"url": "https://retrieved.example/", "title": None, "cited": False},
+        {"url": "https://acme.io/pricing", "title": None, "cited": True},
+    ]
     runs = steps.store_runs(app_url, key)
     assert runs["answer_preview"] == "Acme is the best choice."
     assert runs["output_tokens"] == 14  # both parts were paid for
