@@ -203,11 +203,12 @@ class ModelCall(Base):
     # How the turn finished (complete | paused | truncated | refused | empty) and the provider's word.
     finish: Mapped[str | None] = mapped_column(String(16), nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # Text as stored: lone surrogates and NUL (which neither database's text type accepts) are written
+    # Text as stored: lone surrogates and NUL (SQLite's UTF-8 encoder or PostgreSQL text rejects them) are written
     # as \uXXXX escapes; `exact_text` then holds the exact text (UTF-8, surrogates passed through).
     output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     exact_text: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    raw_response: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # json, not jsonb: keeps \u0000
+    # The parsed response, in a json column (jsonb rejects \u0000 and lone surrogates).
+    raw_response: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
     raw_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the exact HTTP body
     # A paused turn's `continuation`, so a later attempt continues it instead of buying it again.
     continuation: Mapped[Any | None] = mapped_column(JSON, nullable=True)

@@ -69,7 +69,13 @@ def _request(options: BuildOptions, purpose: str, prompt: str, hints: dict[str, 
 def _inputs(request: ModelRequest, options: BuildOptions, claimant: str) -> tuple[str, ...]:
     """What a purchase subject's digest covers: the question asked and, for a rebuild, the run group
     asking (a rebuild buys anew once per run; its retries reuse it)."""
-    return (request.provider, request.model, request.system or "", request.prompt, claimant if options.rebuild else "")
+    return (
+        request.provider,
+        request.model,
+        request.system or "",
+        request.prompt,
+        claimant if options.rebuild else "",
+    )
 
 
 def discover_segments(
