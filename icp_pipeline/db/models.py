@@ -203,8 +203,8 @@ class ModelCall(Base):
     # How the turn finished (complete | paused | truncated | refused | empty) and the provider's word.
     finish: Mapped[str | None] = mapped_column(String(16), nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # Text as stored: lone surrogates and NUL (SQLite's UTF-8 encoder or PostgreSQL text rejects them) are written
-    # as \uXXXX escapes; `exact_text` then holds the exact text (UTF-8, surrogates passed through).
+    # Text as stored: lone surrogates and NUL (rejected by SQLite's UTF-8 encoder or PostgreSQL's text)
+    # are written as \uXXXX escapes; `exact_text` then holds the exact text (UTF-8, surrogatepass).
     output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     exact_text: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # The parsed response, in a json column (jsonb rejects \u0000 and lone surrogates).
