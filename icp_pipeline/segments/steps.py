@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import ModelCall, Segment, SegmentResult, Site, SiteSummary
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.ledger import buy_structured, new_claimant, purchase_subject, total_cost
+from icp_pipeline.ledger import PurchaseInProgress, buy_structured, new_claimant, purchase_subject, total_cost
 from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.segments.keys import segment_partition_key, slugify
@@ -191,6 +191,8 @@ def build_segment(
             segment_id=segment_id,
         )
         result, calls = purchase.value, purchase.calls
+    except PurchaseInProgress:  # nothing happened: another run is buying it; keep its result
+        raise
     except ProviderError as error:
         _store_result(db_url, segment_id, options, started, error=str(error), raw_text=error.raw_text)
         raise
@@ -324,6 +326,8 @@ def summarize_site(
             site_id=site_id,
         )
         comparison, calls = purchase.value, purchase.calls
+    except PurchaseInProgress:  # nothing happened: another run is buying it; keep its result
+        raise
     except ProviderError as error:
         _store_summary(db_url, site_id, table, options, error=str(error))
         raise

@@ -30,6 +30,7 @@ from icp_pipeline.db.models import (
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.ledger import (
     Bought,
+    PurchaseInProgress,
     buy_answer,
     buy_structured,
     new_claimant,
@@ -367,6 +368,8 @@ def extract_claims(
                 claimant=claimant,
                 cycle_item_id=item_id,
             )
+        except PurchaseInProgress:  # nothing happened: another run is buying it; keep its result
+            raise
         except ProviderError as error:
             with session_scope(db_url) as session:
                 run = session.get(QuestionRun, run_id)

@@ -10,21 +10,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from icp_pipeline import ledger
-from icp_pipeline.db.models import CycleItem, Mention, ModelCall, OrgModel, PurchaseClaim
+from icp_pipeline.db.models import CycleItem, Mention, ModelCall, OrgModel, PurchaseClaim, SegmentResult
 from icp_pipeline.db.session import get_engine, session_scope, upgrade
 from icp_pipeline.defs.resources import ModelProviderResource
 from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
+from icp_pipeline.segments import steps as segment_steps
+from icp_pipeline.segments.site_file import parse_site_file, upsert_site
+from icp_pipeline.segments.steps import BuildOptions
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline_tests.conftest import load_example
 from icp_pipeline_tests.support.pipeline import count
 
+EXAMPLE_SITE = Path(__file__).parents[2] / "icp_pipeline" / "examples" / "acme_site.yaml"
 CLAIMS_JSON = (
     '{"claims": [{"text": "Acme is great.", "company": "Acme", "sentiment": "positive", '
     '"supporting_urls": []}]}'
@@ -184,6 +189,36 @@ def test_two_runs_extracting_claims_at_once_pay_once(app_url: str) -> None:
     assert (again["model_calls"], again["reused_calls"]) == (0, 1)
     assert provider.calls("claims") == 1
     assert count(app_url, ModelCall, ModelCall.purpose == "claims") == 1
+    assert count(app_url, PurchaseClaim) == 0
+
+
+def test_two_builds_of_one_segment_at_once_pay_once_and_keep_the_result(app_url: str) -> None:
+    with session_scope(app_url) as session:
+        upsert_site(session, parse_site_file(EXAMPLE_SITE))
+    provider = ScriptedProvider(latency=1.0)
+    options = BuildOptions(provider="offline", model="offline-icp")
+    key = segment_steps.discover_segments(app_url, "acme", provider.provider_for, options)["partition_keys"][
+        0
+    ]
+    outcomes: dict[str, Any] = {}
+
+    def build(name: str) -> None:
+        try:
+            outcomes[name] = segment_steps.build_segment(app_url, key, provider.provider_for, options)
+        except ProviderError as error:
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=build, args=(name,)) for name in ("cli", "daemon")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert provider.calls("icp") == 1, outcomes
+    assert sum(isinstance(o, ProviderError) and o.retryable for o in outcomes.values()) == 1
+    assert segment_steps.build_segment(app_url, key, provider.provider_for, options)["reused"]
+    assert provider.calls("icp") == 1
+    with session_scope(app_url) as session:
+        assert session.scalars(sa.select(SegmentResult.success)).all() == [True]
     assert count(app_url, PurchaseClaim) == 0
 
 
