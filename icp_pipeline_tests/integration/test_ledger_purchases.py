@@ -351,6 +351,32 @@ def test_a_paused_turn_cut_short_by_a_failure_is_continued_by_the_next_attempt_n
     assert steps.store_runs(app_url, key)["answer_preview"] == "Acme wins."
 
 
+def test_a_paused_turn_stops_at_the_step_budget_and_the_next_attempt_continues_it(
+    app_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(steps, "STEP_BUDGET_SECONDS", 1.5)
+    key, item_id = _partition(app_url)
+    continuation = [{"type": "text", "text": "Searching..."}]
+    slow_pause = reply("Searching...", "paused", continuation=continuation)
+
+    def paused_after_the_budget(request: ModelRequest) -> ModelResponse:
+        time.sleep(1.0)  # with the 1 s margin the budget is spent
+        return slow_pause(request)
+
+    provider = ScriptedProvider(answer=[paused_after_the_budget, reply("Acme wins.")])
+    with pytest.raises(ProviderError) as raised:
+        steps.buy_answers(app_url, key, provider.provider_for, "run-1")
+    assert raised.value.retryable and "step budget" in str(raised.value)
+    assert len(provider.requests) == 1
+    summary = steps.buy_answers(app_url, key, provider.provider_for, "run-1")  # the retry
+    assert summary["bought"] == 1
+    assert [r.continuation for r in provider.requests] == [None, continuation]
+    assert [c.finish for c in sorted(_answers(app_url, item_id), key=lambda c: c.id)] == [
+        "paused",
+        "complete",
+    ]
+
+
 @pytest.mark.parametrize(
     ("finish", "reason", "expected"),
     [
