@@ -21,12 +21,14 @@ from icp_pipeline.db.models import CycleItem, Mention, ModelCall, OrgModel, Purc
 from icp_pipeline.db.session import get_engine, session_scope, upgrade
 from icp_pipeline.defs.resources import ModelProviderResource
 from icp_pipeline.providers.base import ModelRequest, ModelResponse, ProviderError, SourceCitation
+from icp_pipeline.providers.resilience import PACER
 from icp_pipeline.segments import steps as segment_steps
 from icp_pipeline.segments.site_file import parse_site_file, upsert_site
 from icp_pipeline.segments.steps import BuildOptions
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline_tests.conftest import load_example
+from icp_pipeline_tests.support.fake_providers import FakeOpenAI, text
 from icp_pipeline_tests.support.pipeline import count
 
 EXAMPLE_SITE = Path(__file__).parents[2] / "icp_pipeline" / "examples" / "acme_site.yaml"
@@ -296,6 +298,24 @@ def test_an_answer_no_text_column_accepts_is_stored_losslessly_and_bought_once(
     with session_scope(app_url) as session:
         assert session.get(CycleItem, item_id).status == "succeeded"
         assert session.scalar(sa.select(sa.func.count()).select_from(Mention)) == 1  # Acme, still found
+
+
+@pytest.mark.parametrize("answer", ["Acme \ud800 is great", "Acme \x00 is great"], ids=["surrogate", "nul"])
+def test_the_same_answer_through_the_real_openai_sdk_is_bought_once(
+    app_url: str, answer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, item_id = _partition(app_url)
+    assert "|openai-" in key
+    PACER.reset()
+    with FakeOpenAI(api_key="sk-ledger-test") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        server.script(text(answer))
+        provider_for = ModelProviderResource(mode="live", openai_api_key="sk-ledger-test").provider_for
+        like_dagster(lambda: steps.buy_answers(app_url, key, provider_for, "run-1"))
+        assert server.request_count == 1
+    PACER.reset()
+    [call] = _answers(app_url, item_id)
+    assert call.ok and ledger.exact_output_text(call) == answer
 
 
 # --- item 2: how a turn finished decides what is stored ------------------------------------------------
