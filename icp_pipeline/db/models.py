@@ -1,8 +1,9 @@
 """The app database: org configuration, cycle manifests, the model-call ledger and everything derived.
 
 Design notes:
-- `model_calls` is the purchase ledger. An answer is bought once per cycle item; every later step
-  reads the ledger, so retries and re-materializations never pay twice.
+- `model_calls` is the purchase ledger. Every purchase (an answer, claims, segments, an ICP, a
+  summary) has a subject and is bought once; every later step reads the ledger, so retries and
+  re-materializations never pay twice.
 - A cycle item is one (question, model, location, sample) of a cycle. `sample_index` lets a later
   feature take several samples of a combination in one cycle without a schema rewrite.
 - Derived rows (mentions, citations, claims, metrics) carry the version of the code that produced
@@ -20,11 +21,13 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql import false
 
 
 def utcnow() -> datetime:
@@ -77,6 +80,8 @@ class OrgModel(Base):
     model: Mapped[str] = mapped_column(String(120))
     slug: Mapped[str] = mapped_column(String(160))
     web_search: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The org file's models[].max_output_tokens: this model's answer budget; null = the default.
+    max_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
@@ -149,21 +154,33 @@ class CycleItem(Base):
 
 
 class PurchaseClaim(Base):
-    """Who is buying a model answer right now. Two runs of one partition (a backfill and a CLI run, say)
-    must not both pay for it: the first takes the claim, the second waits for the ledger."""
+    """Who is buying a purchase subject right now. Two runs (a backfill and a CLI run, say) must not both
+    pay for it: the first takes the claim, the other waits for the ledger."""
 
     __tablename__ = "purchase_claims"
 
-    subject: Mapped[str] = mapped_column(String(200), primary_key=True)  # e.g. "answer:<cycle item id>"
+    # e.g. "answer:<cycle item id>", "claims:<cycle item id>", "icp:<segment id>:<inputs digest>"
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
     claimant: Mapped[str] = mapped_column(String(120))  # the Dagster run group (root run id)
     claimed_at: Mapped[datetime] = mapped_column()
 
 
 class ModelCall(Base):
-    """Ledger of every paid (or synthetic) model call, written the moment the answer arrives."""
+    """Ledger of every model call, written the moment it returns: paid or not, finished or not.
+
+    A purchase is one `subject` (see PurchaseClaim); its rows are the calls made for it (a paused turn
+    and its continuations, a structured reply and its repair). Only a row with `ok` (a complete turn)
+    is an answer and can be reused; every row with `paid` was billed and counts in the costs.
+    """
 
     __tablename__ = "model_calls"
-    __table_args__ = (Index("ix_model_calls_item_purpose", "cycle_item_id", "purpose"),)
+    __table_args__ = (
+        Index("ix_model_calls_item_purpose", "cycle_item_id", "purpose"),
+        Index("ix_model_calls_subject", "subject"),
+        # Idempotency key of one returned call: a write retried after an unacknowledged commit, or a
+        # spooled call replayed twice, never makes a second row.
+        Index("ux_model_calls_call_uid", "call_uid", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cycle_item_id: Mapped[int | None] = mapped_column(
@@ -174,18 +191,32 @@ class ModelCall(Base):
     segment_id: Mapped[int | None] = mapped_column(
         ForeignKey("segments.id", ondelete="CASCADE"), nullable=True
     )
+    subject: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the purchase it belongs to
+    call_uid: Mapped[str | None] = mapped_column(String(36), nullable=True)
     purpose: Mapped[str] = mapped_column(String(32))  # answer | claims | ...
     provider: Mapped[str] = mapped_column(String(32))
     requested_model: Mapped[str] = mapped_column(String(120))
     response_model: Mapped[str | None] = mapped_column(String(160), nullable=True)
     prompt: Mapped[str] = mapped_column(Text, default="")
-    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)  # a complete turn: the only reusable rows
+    paid: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # a reply was billed
+    # How the turn finished (complete | paused | truncated | refused | empty) and the provider's word.
+    finish: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Text as stored: lone surrogates and NUL (rejected by SQLite's UTF-8 encoder or PostgreSQL's text)
+    # are written as \uXXXX escapes; `exact_text` then holds the exact text (UTF-8, surrogatepass).
     output_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exact_text: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The parsed response, in a json column (jsonb rejects \u0000 and lone surrogates).
     raw_response: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    raw_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the exact HTTP body
+    # A paused turn's `continuation`, so a later attempt continues it instead of buying it again.
+    continuation: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     # Provider citation annotations: [{url, title, cited}]
     source_citations: Mapped[list[Any]] = mapped_column(default=list)
     input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cached_input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)  # None = unknown, not zero
     latency_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -24,3 +24,9 @@ def retry_provider_error(
     wait = error.retry_after if error.retry_after is not None else backoff_seconds(context.retry_number)
     context.log.warning(f"{error}; retrying in {wait:.1f}s")
     raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from error
+
+
+def purchase_claimant(context: dg.AssetExecutionContext) -> str:
+    """Who holds a purchase claim: the run group. A run, its step retries and a crashed run's
+    re-execution share the root run id, so a retry takes over its own claim instead of waiting it out."""
+    return context.run.tags.get("dagster/root_run_id", context.run_id)

@@ -6,7 +6,16 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse, ProviderError
+from icp_pipeline.providers.base import (
+    FINISH_EMPTY,
+    FINISH_PAUSED,
+    FINISH_REFUSED,
+    FINISH_TRUNCATED,
+    ModelProvider,
+    ModelRequest,
+    ModelResponse,
+    ProviderError,
+)
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -22,7 +31,27 @@ class InvalidModelOutput(ProviderError):
         )
 
 
-def _validate(schema: type[T], text: str, context: dict[str, Any] | None) -> T:
+def unfinished_turn_error(request: ModelRequest, response: ModelResponse) -> ProviderError:
+    """The permanent error of a paid turn that did not complete. Asking the same request again would
+    buy the same failure, so it is not retryable as is; the message says what to change."""
+    reason = f"finish {response.finish_reason or response.finish}"
+    what = "answer" if request.purpose == "answer" else f"{request.purpose} reply"
+    if response.finish == FINISH_TRUNCATED:
+        hint = "; raise models[].max_output_tokens in the org file" if request.purpose == "answer" else ""
+        message = f"{what} truncated at max_output_tokens={request.max_output_tokens} ({reason}){hint}"
+    elif response.finish == FINISH_REFUSED:
+        message = f"{what} refused by the model ({reason})"
+    elif response.finish == FINISH_EMPTY:
+        message = f"{what} empty: the model returned no content ({reason})"
+    elif response.finish == FINISH_PAUSED:
+        message = f"{what} paused by the provider and not continued ({reason})"
+    else:
+        message = f"{what} did not complete ({reason})"
+    return ProviderError(request.provider, request.model, message, retryable=False, response=response)
+
+
+def parse_structured(schema: type[T], text: str, context: dict[str, Any] | None = None) -> T:
+    """The reply as `schema`, code fences stripped; raises pydantic's ValidationError."""
     cleaned = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
     return schema.model_validate_json(cleaned, context=context)
 
@@ -34,12 +63,16 @@ def complete_structured(
     record: Callable[[ModelResponse], None],
     context: dict[str, Any] | None = None,
 ) -> T:
-    """`record` is called after every call (paid, so persisted at once), before validation."""
+    """`record` is called after every call (paid, so persisted at once), before validation. A turn that
+    did not complete (truncated, refused, ...) raises from `provider.complete` (the ledger's purchase
+    path does that) and is never repaired: asking again as is would buy the same failure."""
     request = replace(request, output_schema=schema)
     response = provider.complete(request)
     record(response)
+    if not response.complete:
+        raise unfinished_turn_error(request, response)
     try:
-        return _validate(schema, response.text, context)
+        return parse_structured(schema, response.text, context)
     except ValidationError as first_error:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in first_error.errors()[:5])
     repair = replace(
@@ -49,8 +82,10 @@ def complete_structured(
     )
     response = provider.complete(repair)
     record(response)
+    if not response.complete:
+        raise unfinished_turn_error(repair, response)
     try:
-        return _validate(schema, response.text, context)
+        return parse_structured(schema, response.text, context)
     except ValidationError as error:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
         raise InvalidModelOutput(request, detail, response.text) from None

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import ModelCall, Segment, SegmentResult, Site, SiteSummary
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.ledger import buy_structured, total_cost
+from icp_pipeline.ledger import PurchaseInProgress, buy_structured, new_claimant, purchase_subject, total_cost
 from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.segments.comparison import (
@@ -72,11 +72,28 @@ def _request(options: BuildOptions, purpose: str, prompt: str, hints: dict[str, 
     )
 
 
+def _inputs(request: ModelRequest, options: BuildOptions, claimant: str) -> tuple[str, ...]:
+    """What a purchase subject's digest covers: the question asked and, for a rebuild, the run group
+    asking (a rebuild buys anew once per run; its retries reuse it)."""
+    return (
+        request.provider,
+        request.model,
+        request.system or "",
+        request.prompt,
+        claimant if options.rebuild else "",
+    )
+
+
 def discover_segments(
-    db_url: str, site_id: str, provider_for: ProviderFor, options: BuildOptions
+    db_url: str,
+    site_id: str,
+    provider_for: ProviderFor,
+    options: BuildOptions,
+    claimant: str | None = None,
 ) -> dict[str, Any]:
     """Ask once for general segments (reused on later builds unless rebuilding); keep imported ones.
     Returns every active segment's partition key."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         site = require_site(session, site_id)
         segments = active_segments(session, site_id)
@@ -87,10 +104,17 @@ def discover_segments(
             request = _request(options, "segments", segments_prompt(site, imported), {"site": site.name})
     bought = 0
     if request is not None:
-        result, calls = buy_structured(
-            db_url, "segments", request, SegmentList, provider_for, site_id=site_id
+        purchase = buy_structured(
+            db_url,
+            "segments",
+            request,
+            SegmentList,
+            provider_for,
+            subject=purchase_subject("segments", site_id, *_inputs(request, options, claimant)),
+            claimant=claimant,
+            site_id=site_id,
         )
-        bought = len(calls)
+        result, bought = purchase.value, purchase.bought
         with session_scope(db_url) as session:
             existing = {s.key: s for s in session.scalars(select(Segment).where(Segment.site_id == site_id))}
             taken = {k for k, s in existing.items() if s.source == "imported"}
@@ -129,9 +153,14 @@ def discover_segments(
 
 
 def build_segment(
-    db_url: str, partition_key: str, provider_for: ProviderFor, options: BuildOptions
+    db_url: str,
+    partition_key: str,
+    provider_for: ProviderFor,
+    options: BuildOptions,
+    claimant: str | None = None,
 ) -> dict[str, Any]:
     """Build one segment's ICP; the result row is replaced in place. Failures are stored, then raised."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
         if segment is None:
@@ -156,9 +185,20 @@ def build_segment(
         time.sleep(options.pacing_seconds)  # spares the provider between segment builds
     started = time.monotonic()
     try:
-        result, calls = buy_structured(
-            db_url, "icp", request, SegmentICP, provider_for, site_id=site_id, segment_id=segment_id
+        purchase = buy_structured(
+            db_url,
+            "icp",
+            request,
+            SegmentICP,
+            provider_for,
+            subject=purchase_subject("icp", segment_id, *_inputs(request, options, claimant)),
+            claimant=claimant,
+            site_id=site_id,
+            segment_id=segment_id,
         )
+        result, calls = purchase.value, purchase.calls
+    except PurchaseInProgress:  # nothing happened: another run is buying it; keep its result
+        raise
     except ProviderError as error:
         _store_result(db_url, segment_id, options, started, error=str(error), raw_text=error.raw_text)
         raise
@@ -248,6 +288,7 @@ def summarize_site(
     options: BuildOptions,
     *,
     retry_narrative: bool = False,
+    claimant: str | None = None,
 ) -> dict[str, Any]:
     """Compare the segments that succeeded; fails, listing every error, when none did.
 
@@ -256,6 +297,7 @@ def summarize_site(
     analyses, the site, provider and model): unchanged inputs reuse it and buy nothing, unless
     `rebuild`. A narrative that could not be bought leaves the comparison without one (a warning), so
     the next build asks again; with `retry_narrative` a retryable error is raised after storing it."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         site = require_site(session, site_id)
         table = segment_table(session, site_id)
@@ -319,15 +361,20 @@ def summarize_site(
     calls: list[ModelCall] = []
     narrative_error: ProviderError | None = None
     try:
-        comparison, calls = buy_structured(
+        purchase = buy_structured(
             db_url,
             "site_summary",
             request,
             SiteComparison,
             provider_for,
             {"segment_ids": [s[0] for s in succeeded]},
+            subject=purchase_subject("summary", site_id, *_inputs(request, options, claimant)),
+            claimant=claimant,
             site_id=site_id,
         )
+        comparison, calls = purchase.value, purchase.calls
+    except PurchaseInProgress:  # nothing happened: another run is buying it; keep its result
+        raise
     except ProviderError as error:
         comparison, narrative_error = None, error
     result = {

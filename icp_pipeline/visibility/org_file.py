@@ -44,10 +44,19 @@ class CompanySpec(_Strict):
         return cleaned
 
 
+# An answer's output-token budget (reasoning included) set per model in the org file.
+MIN_ANSWER_TOKENS = 256
+MAX_ANSWER_TOKENS = 128_000
+
+
 class ModelSpec(_Strict):
     provider: Literal["openai", "anthropic", "gemini", "offline"]
     model: NonEmpty
     web_search: bool = False
+    # Unset: the provider layer's default for the model (larger with web search).
+    max_output_tokens: (
+        Annotated[int, Field(ge=MIN_ANSWER_TOKENS, le=MAX_ANSWER_TOKENS, strict=True)] | None
+    ) = None
 
 
 class QuestionSpec(_Strict):
@@ -221,6 +230,7 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
                 "provider": m.provider,
                 "model": m.model,
                 "web_search": m.web_search,
+                "max_output_tokens": m.max_output_tokens,
             }
             for m in spec.models
         },

@@ -29,14 +29,17 @@ from icp_pipeline.db.models import (
 )
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.ledger import (
+    Bought,
+    PurchaseInProgress,
+    buy_answer,
     buy_structured,
-    claim_purchase,
-    record_call,
-    record_failed_call,
-    release_purchase,
+    new_claimant,
+    purchase_subject,
+    storable_text,
     total_cost,
 )
 from icp_pipeline.providers.base import ModelRequest, ProviderError, ProviderFor
+from icp_pipeline.providers.budgets import answer_token_budget
 from icp_pipeline.providers.factory import location_in_prompt
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.visibility import analytics as analytics_lib
@@ -52,6 +55,10 @@ class StepError(RuntimeError):
     """A permanent failure of a step for a reason other than the provider (missing input, ...)."""
 
 
+def _safe_text(text: str) -> str:
+    return storable_text(text)[0]
+
+
 def company_terms(session: Session, org_id: str) -> list[CompanyTerms]:
     companies = session.scalars(
         select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
@@ -59,13 +66,29 @@ def company_terms(session: Session, org_id: str) -> list[CompanyTerms]:
     return [CompanyTerms(c.id, c.name, tuple(c.aliases), tuple(c.domains)) for c in companies]
 
 
-def _ok_call(session: Session, item_id: int, purpose: str) -> ModelCall | None:
+def _ok_call(session: Session, subject: str) -> ModelCall | None:
+    """The purchase's complete reply (the latest, after a repair)."""
     return session.scalars(
         select(ModelCall)
-        .where(ModelCall.cycle_item_id == item_id, ModelCall.purpose == purpose, ModelCall.ok)
+        .where(ModelCall.subject == subject, ModelCall.ok)
         .order_by(ModelCall.id.desc())
         .limit(1)
     ).first()
+
+
+def _paid_usage(session: Session, subject: str) -> tuple[int | None, int | None, float | None]:
+    """Tokens and cost of every paid call of a purchase: a continued turn's pauses count, and so do
+    paid replies that were unusable."""
+    calls = list(session.scalars(select(ModelCall).where(ModelCall.subject == subject, ModelCall.paid)))
+    if not calls:
+        return None, None, None
+    inputs = [c.input_tokens for c in calls]
+    outputs = [c.output_tokens for c in calls]
+    return (
+        None if None in inputs else sum(inputs),
+        None if None in outputs else sum(outputs),
+        total_cost(calls),
+    )
 
 
 def fail_partition(db_url: str, partition_key: str, step: str, error: str) -> None:
@@ -82,24 +105,17 @@ def fail_partition(db_url: str, partition_key: str, step: str, error: str) -> No
 # --- question-run steps -------------------------------------------------------------------------
 
 
-def _buy_answer(db_url: str, item_id: int, request: ModelRequest, provider_for: ProviderFor) -> ModelCall:
-    started = datetime.now(UTC)
-    request = replace(request, deadline=time.monotonic() + STEP_BUDGET_SECONDS)
-    try:
-        response = provider_for(request.provider, request.model).complete(request)
-    except ProviderError as error:
-        with session_scope(db_url) as session:
-            record_failed_call(session, "answer", request, error, started, cycle_item_id=item_id)
-        raise
-    with session_scope(db_url) as session:
-        call = record_call(session, "answer", request, response, started, cycle_item_id=item_id)
-        set_item_status(session, session.get(CycleItem, item_id), "answered")
-    return call
+def answer_budget(model: OrgModel) -> int:
+    """The org file's models[].max_output_tokens, else the provider layer's default for the model."""
+    return model.max_output_tokens or answer_token_budget(model.provider, model.model, model.web_search)
 
 
-def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor, claimant: str) -> dict[str, Any]:
+def buy_answers(
+    db_url: str, partition_key: str, provider_for: ProviderFor, claimant: str | None = None
+) -> dict[str, Any]:
     """Ask the assistant once per item. An item whose answer is already in the ledger is never asked again.
     `claimant` names the caller's run group: its own retries may take over its claim."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         items = items_for_partition(session, partition_key)
         org_id = items[0].cycle.org_id
@@ -108,17 +124,13 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor, clai
                 {"name": t.name, "domains": list(t.domains)} for t in company_terms(session, org_id)
             ]
         }
-        todo: list[tuple[int, ModelRequest]] = []
-        reused: list[ModelCall] = []
+        plan: list[tuple[int, ModelRequest]] = []
         for item in items:
-            existing = _ok_call(session, item.id, "answer")
-            if existing is not None:
-                reused.append(existing)
-                continue
-            if item.status == "failed":  # a retry of a failed partition re-opens its items
+            answered = _ok_call(session, purchase_subject("answer", item.id)) is not None
+            if item.status == "failed" and not answered:  # a retry of a failed partition re-opens it
                 set_item_status(session, item, "pending")
             country = item.location.country_code
-            todo.append(
+            plan.append(
                 (
                     item.id,
                     ModelRequest(
@@ -134,29 +146,35 @@ def buy_answers(db_url: str, partition_key: str, provider_for: ProviderFor, clai
                         purpose="answer",
                         country=country,
                         web_search=item.model.web_search,
+                        max_output_tokens=answer_budget(item.model),
                         offline_hints=hints,
                     ),
                 )
             )
-    bought: list[ModelCall] = []
-    for item_id, request in todo:
-        # Two runs of one partition (a CLI run next to a daemon run, say) must not both pay: the
-        # first claims the purchase, the other waits (PurchaseInProgress) and then reuses its answer.
-        subject = f"answer:{item_id}"
-        claim_purchase(db_url, subject, claimant, request)
-        try:
-            with session_scope(db_url) as session:
-                existing = _ok_call(session, item_id, "answer")  # bought while we waited for the claim
-            if existing is not None:
-                reused.append(existing)
-                continue
-            bought.append(_buy_answer(db_url, item_id, request, provider_for))
-        finally:
-            release_purchase(db_url, subject, claimant)
-    calls = bought + reused
+    purchases: list[Bought[ModelCall]] = []
+    for item_id, request in plan:
+        # The one purchase path: an answer in the ledger is reused; two runs of one partition (a CLI
+        # run next to a daemon run, say) never both pay, the second waits (PurchaseInProgress).
+        request = replace(request, deadline=time.monotonic() + STEP_BUDGET_SECONDS)
+        purchase = buy_answer(
+            db_url,
+            purchase_subject("answer", item_id),
+            request,
+            provider_for,
+            claimant,
+            cycle_item_id=item_id,
+        )
+        purchases.append(purchase)
+        with session_scope(db_url) as session:
+            item = session.get(CycleItem, item_id)
+            if item.status == "pending":
+                set_item_status(session, item, "answered")
+    calls = [p.value for p in purchases]
+    bought = [p.value for p in purchases if not p.reused]
     return {
         "bought": len(bought),
-        "reused": len(reused),
+        "reused": len(calls) - len(bought),
+        "paid_calls": sum(p.bought for p in purchases),
         "input_tokens": sum(c.input_tokens or 0 for c in calls),
         "output_tokens": sum(c.output_tokens or 0 for c in calls),
         "cost_usd": total_cost(calls),
@@ -172,7 +190,7 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
     with session_scope(db_url) as session:
         runs = []
         for item in items_for_partition(session, partition_key):
-            call = _ok_call(session, item.id, "answer")
+            call = _ok_call(session, purchase_subject("answer", item.id))
             if call is None:
                 raise StepError(
                     f"{partition_key}: no stored answer for sample {item.sample_index}; materialize ai_answer first"
@@ -199,10 +217,8 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
                 call.location_mode,
                 call.synthetic,
             )
-            run.input_tokens, run.output_tokens, run.cost_usd = (
-                call.input_tokens,
-                call.output_tokens,
-                call.cost_usd,
+            run.input_tokens, run.output_tokens, run.cost_usd = _paid_usage(
+                session, purchase_subject("answer", item.id)
             )
             run.latency_ms = call.latency_ms
             if run.status != "completed":
@@ -279,7 +295,7 @@ def extract_run_citations(db_url: str, partition_key: str) -> dict[str, Any]:
                         url=found.url,
                         host=found.host,
                         domain=found.domain,
-                        title=found.title,
+                        title=_safe_text(found.title) if found.title else found.title,
                         source=found.source,
                         cited=found.cited,
                         extractor_version=CITATIONS_VERSION,
@@ -304,29 +320,12 @@ def _match_company(name: str, terms: list[CompanyTerms]) -> int | None:
     return None
 
 
-def _buy_claims(
-    db_url: str,
-    run_id: int,
-    item_id: int,
-    request: ModelRequest,
-    provider_for: ProviderFor,
-    context: dict[str, Any],
-) -> tuple[ClaimExtraction, list[ModelCall]]:
-    try:
-        return buy_structured(
-            db_url, "claims", request, ClaimExtraction, provider_for, context, cycle_item_id=item_id
-        )
-    except ProviderError as error:
-        with session_scope(db_url) as session:
-            run = session.get(QuestionRun, run_id)
-            run.error = str(error)
-            if error.raw_text is not None:
-                run.raw_output_text = error.raw_text  # invalid output is kept, never lost
-        raise
-
-
-def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -> dict[str, Any]:
-    """One structured-output call per run; a run whose claims call is in the ledger is re-parsed, not re-bought."""
+def extract_claims(
+    db_url: str, partition_key: str, provider_for: ProviderFor, claimant: str | None = None
+) -> dict[str, Any]:
+    """One structured-output purchase per run; a run whose claims are in the ledger (and still fit its
+    citations) is re-parsed, not re-bought. Two runs of one partition never both pay for them."""
+    claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         runs = _runs(session, partition_key)
         terms = company_terms(session, runs[0].org_id)
@@ -337,54 +336,56 @@ def extract_claims(db_url: str, partition_key: str, provider_for: ProviderFor) -
                     select(Citation.url).where(Citation.question_run_id == run.id, Citation.cited)
                 )
             )
-            stored = _ok_call(session, run.cycle_item_id, "claims")
             plan.append(
-                (
-                    run.id,
-                    run.cycle_item_id,
-                    run.provider,
-                    run.requested_model,
-                    run.answer_text or "",
-                    cited,
-                    stored,
-                )
+                (run.id, run.cycle_item_id, run.provider, run.requested_model, run.answer_text or "", cited)
             )
     bought = reused = claims_total = 0
     sentiments: dict[str, int] = {"positive": 0, "neutral": 0, "negative": 0}
-    for run_id, item_id, provider, model, answer, cited, stored in plan:
-        context = {"citations": set(cited)}
-        extraction = None
-        call_id = None
-        if stored is not None:
-            try:
-                extraction = ClaimExtraction.model_validate_json(stored.output_text or "", context=context)
-                call_id, reused = stored.id, reused + 1
-            except ValueError:
-                extraction = None  # the stored output no longer fits the run's citations: ask again
-        if extraction is None:
-            names = [t.name for t in terms]
-            request = ModelRequest(
-                provider=provider,
-                model=model,
-                prompt=claims_prompt(answer, names, cited),
-                system=CLAIMS_SYSTEM,
-                purpose="claims",
-                offline_hints={"answer": answer, "company_names": names, "citations": cited},
-                deadline=time.monotonic() + STEP_BUDGET_SECONDS,
+    names = [t.name for t in terms]
+    for run_id, item_id, provider, model, answer, cited in plan:
+        request = ModelRequest(
+            provider=provider,
+            model=model,
+            prompt=claims_prompt(answer, names, cited),
+            system=CLAIMS_SYSTEM,
+            purpose="claims",
+            offline_hints={"answer": answer, "company_names": names, "citations": cited},
+            deadline=time.monotonic() + STEP_BUDGET_SECONDS,
+        )
+        try:
+            purchase = buy_structured(
+                db_url,
+                "claims",
+                request,
+                ClaimExtraction,
+                provider_for,
+                {"citations": set(cited)},
+                subject=purchase_subject("claims", item_id),
+                claimant=claimant,
+                cycle_item_id=item_id,
             )
-            extraction, calls = _buy_claims(db_url, run_id, item_id, request, provider_for, context)
-            bought += len(calls)
-            call_id = calls[-1].id
+        except PurchaseInProgress:  # nothing happened: another run is buying it; keep its result
+            raise
+        except ProviderError as error:
+            with session_scope(db_url) as session:
+                run = session.get(QuestionRun, run_id)
+                run.error = _safe_text(str(error))
+                if error.raw_text is not None:
+                    run.raw_output_text = _safe_text(error.raw_text)  # invalid output is kept, never lost
+            raise
+        bought += purchase.bought
+        reused += purchase.reused
+        call_id = purchase.calls[-1].id
         with session_scope(db_url) as session:
             session.execute(delete(Claim).where(Claim.question_run_id == run_id))
-            for claim in extraction.claims:
+            for claim in purchase.value.claims:
                 session.add(
                     Claim(
                         question_run_id=run_id,
                         model_call_id=call_id,
                         company_id=_match_company(claim.company, terms),
-                        company_name=claim.company[:200],
-                        text=claim.text,
+                        company_name=_safe_text(claim.company[:200]),
+                        text=_safe_text(claim.text),
                         sentiment=claim.sentiment,
                         supporting_urls=claim.supporting_urls,
                         extractor_version=CLAIMS_VERSION,
@@ -535,7 +536,7 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
             for c in session.scalars(
                 select(ModelCall)
                 .join(CycleItem, CycleItem.id == ModelCall.cycle_item_id)
-                .where(CycleItem.cycle_id == cycle.id, ModelCall.ok)
+                .where(CycleItem.cycle_id == cycle.id, ModelCall.paid)
             )
         ]
         payload = analytics_lib.compute_analytics(

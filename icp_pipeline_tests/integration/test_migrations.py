@@ -29,3 +29,37 @@ def test_postgres_schema_matches_models(postgres_databases: Callable[[], str]) -
     url = postgres_databases()
     upgrade(url)
     assert _diff(url) == []
+
+
+def test_calls_recorded_before_the_purchase_ledger_keep_being_reused(tmp_path: Path) -> None:
+    """0006 gives existing answers and claims the subjects the purchase path looks up: an upgrade
+    never makes a step buy again what it bought before."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from icp_pipeline.db.models import ModelCall
+    from icp_pipeline.db.session import session_scope
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url, "0005")
+    with sqlite3.connect(tmp_path / "app.db") as raw:  # the 0005 schema, written without the models
+        raw.execute(
+            "INSERT INTO model_calls (cycle_item_id, purpose, provider, requested_model, prompt, ok, "
+            "source_citations, web_search, synthetic, started_at, finished_at) VALUES "
+            "(7, 'answer', 'openai', 'm', 'q', 1, '[]', 0, 0, '2026-01-01', '2026-01-01'), "
+            "(7, 'claims', 'openai', 'm', 'q', 1, '[]', 0, 0, '2026-01-01', '2026-01-01'), "
+            "(7, 'answer', 'openai', 'm', 'q', 0, '[]', 0, 0, '2026-01-01', '2026-01-01')"
+        )
+    upgrade(url)
+    with session_scope(url) as session:
+        rows = session.execute(
+            sa.select(ModelCall.subject, ModelCall.ok, ModelCall.paid, ModelCall.finish).order_by(
+                ModelCall.id
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("answer:7", True, True, "complete"),
+        ("claims:7", True, True, "complete"),
+        ("answer:7", False, False, None),
+    ]

@@ -308,3 +308,25 @@ def test_bad_schedule_writes_nothing(app_db: str, tmp_path: Path, capsys: pytest
     assert "schedule: '30 9 * * 1-8' is not a valid cron" in err
     assert "day-of-week 8 is out of range 0-7" in err
     assert _stored(app_db) == ("Acme Analytics", "30 9 * * 1-5")
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"), [(100, "greater than or equal to 256"), ("lots", "integer"), (10**6, "less than")]
+)
+def test_a_bad_answer_budget_is_named(budget: object, expected: str) -> None:
+    data = _base()
+    data["models"][0]["max_output_tokens"] = budget
+    (problem,) = _error(data).problems
+    assert problem.startswith("models[0].max_output_tokens") and expected in problem
+
+
+def test_the_answer_budget_is_stored_on_the_model(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    data = _base()
+    data["models"][0]["max_output_tokens"] = 6000
+    with session_scope(url) as session:
+        upsert_org(session, parse_org_text(yaml.safe_dump(data)))
+    with session_scope(url) as session:
+        org = session.get(Org, data["id"])
+        assert [m.max_output_tokens for m in org.models] == [6000] + [None] * (len(org.models) - 1)

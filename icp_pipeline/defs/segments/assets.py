@@ -9,7 +9,7 @@ import dagster as dg
 
 from icp_pipeline.defs.metadata import known
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource
-from icp_pipeline.defs.retries import MODEL_RETRY, is_last_attempt, retry_provider_error
+from icp_pipeline.defs.retries import MODEL_RETRY, is_last_attempt, purchase_claimant, retry_provider_error
 from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
 from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.segments import steps
@@ -69,7 +69,11 @@ def site_segments(
 ) -> dg.MaterializeResult:
     with segment_step(context):
         summary = steps.discover_segments(
-            app_db.resolved_url, context.partition_key, models.provider_for, config.options()
+            app_db.resolved_url,
+            context.partition_key,
+            models.provider_for,
+            config.options(),
+            claimant=purchase_claimant(context),
         )
     registered = set(context.instance.get_dynamic_partitions(segments_partitions.name))
     new_keys = [k for k in summary["partition_keys"] if k not in registered]
@@ -99,7 +103,11 @@ def segment_icp(
 ) -> dg.MaterializeResult:
     with segment_step(context):
         summary = steps.build_segment(
-            app_db.resolved_url, context.partition_key, models.provider_for, config.options()
+            app_db.resolved_url,
+            context.partition_key,
+            models.provider_for,
+            config.options(),
+            claimant=purchase_claimant(context),
         )
     metadata = {
         "segment": summary["segment"],
@@ -135,6 +143,7 @@ def site_icp_summary(
             config.options(),
             # The last attempt keeps the computed comparison without a narrative instead of failing.
             retry_narrative=not is_last_attempt(context, MODEL_RETRY),
+            claimant=purchase_claimant(context),
         )
     comparison = summary["comparison"]
     for warning in comparison.get("warnings", []):

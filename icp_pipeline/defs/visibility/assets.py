@@ -10,7 +10,13 @@ import dagster as dg
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.metadata import known
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource, PushResource
-from icp_pipeline.defs.retries import DB_RETRY, MODEL_RETRY, is_last_attempt, retry_provider_error
+from icp_pipeline.defs.retries import (
+    DB_RETRY,
+    MODEL_RETRY,
+    is_last_attempt,
+    purchase_claimant,
+    retry_provider_error,
+)
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.redaction import redact
@@ -64,10 +70,10 @@ def _question_run_asset(**kwargs: Any) -> Callable:
 def ai_answer(
     context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
 ) -> dg.MaterializeResult:
-    # A run and its retries (a crashed run's re-execution too) share the root run id: one claimant.
-    claimant = context.run.tags.get("dagster/root_run_id", context.run_id)
     with question_run_step(context, app_db, "ai_answer", MODEL_RETRY):
-        summary = steps.buy_answers(app_db.resolved_url, context.partition_key, models.provider_for, claimant)
+        summary = steps.buy_answers(
+            app_db.resolved_url, context.partition_key, models.provider_for, purchase_claimant(context)
+        )
     return dg.MaterializeResult(
         metadata=known(
             {
@@ -156,7 +162,9 @@ def run_claims(
     context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
 ) -> dg.MaterializeResult:
     with question_run_step(context, app_db, "run_claims", MODEL_RETRY):
-        summary = steps.extract_claims(app_db.resolved_url, context.partition_key, models.provider_for)
+        summary = steps.extract_claims(
+            app_db.resolved_url, context.partition_key, models.provider_for, purchase_claimant(context)
+        )
     return dg.MaterializeResult(
         metadata={
             "claims": summary["claims"],
