@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import InterfaceError, OperationalError
 
     from icp_pipeline.db.session import DatabaseUnreachable, SchemaNotReady
     from icp_pipeline.settings import database_url, redact_url
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SchemaNotReady as error:
         return _fail(str(error))
-    except (DatabaseUnreachable, OperationalError) as error:
+    except (DatabaseUnreachable, OperationalError, InterfaceError) as error:
         # Workers are stopped by then (cli/workers.py); open items stay open and are resumed.
         detail = str(error) if isinstance(error, DatabaseUnreachable) else f"{type(error.orig).__name__}"
         return _fail(

@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from icp_pipeline.db.models import PurchaseClaim
 from icp_pipeline.db.session import session_scope
@@ -90,7 +90,12 @@ def reap_dead_runs(instance: Any, db_url: str) -> list[str]:
     and free the slots still held by runs that have ended. Returns the ids of the runs failed."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    unfinished = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+    unfinished = [
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ]
     reaped, claimants = [], []
     for run in instance.get_runs(RunsFilter(statuses=unfinished, tags={LAUNCHED_BY_TAG: "cli"})):
         identity = run.tags.get(WORKER_TAG)
@@ -110,5 +115,15 @@ def reap_dead_runs(instance: Any, db_url: str) -> list[str]:
             run = instance.get_run_by_id(run_id)
             if run is None or run.is_finished:
                 storage.free_concurrency_slots_for_run(run_id)
+    # A claim whose run has ended (failed while the database was down, say) protects nothing.
+    with session_scope(db_url) as session:
+        holders = set(session.scalars(select(PurchaseClaim.claimant).distinct()))
+    for holder in holders:
+        run = instance.get_run_by_id(holder)
+        group_live = instance.get_runs(
+            RunsFilter(statuses=unfinished, tags={"dagster/root_run_id": holder}), limit=1
+        )
+        if run is not None and run.is_finished and not group_live:  # a retry of the group still buys
+            claimants.append(holder)
     release_purchase_claims(db_url, claimants)
     return reaped

@@ -237,12 +237,16 @@ def _stop(pool: list[_Worker], instance: Any, db_url: str) -> None:
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join()
+    claimants = []
     for worker in pool:
         if worker.task is None:
             continue
         try:
             run = fail_lost_run(instance, worker.task.run_id, "stopped by icp-pipeline before it ended")
             if run is not None:
-                release_purchase_claims(db_url, [claimant_of(run)])
+                claimants.append(claimant_of(run))
         except Exception as error:  # the storage may be the thing that is down; reaped next start
             _warn(f"could not clean up run {worker.task.run_id}: {type(error).__name__}")
+    # Without the database (an outage) the claims stay; the next command's reaper releases them.
+    if claimants and database_reachable(db_url):
+        release_purchase_claims(db_url, claimants)

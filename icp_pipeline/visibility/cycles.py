@@ -65,6 +65,9 @@ def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tupl
     """The org's running cycle, or a new one with one item per combination and sample.
     Returns (cycle, created)."""
     require_org(session, org_id)
+    # Take the org row's write lock first (a row lock on PostgreSQL, the database's on SQLite), so two
+    # commands opening a cycle at once share one instead of opening two and buying both.
+    session.execute(update(Org).where(Org.id == org_id).values(updated_at=Org.updated_at))
     running = session.scalars(select(Cycle).where(Cycle.org_id == org_id, Cycle.status == "running")).first()
     if running is not None:
         return running, False
