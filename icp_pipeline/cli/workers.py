@@ -75,8 +75,12 @@ def execute_one(
     return False, failures[-1] if failures else "run failed"
 
 
-def _worker_main(conn: Connection, job: Any) -> None:
+def _worker_main(conn: Connection, job: Any, parents_ends: list[Connection]) -> None:
     """Execute the runs the parent sends until it closes the pipe (or is gone)."""
+    # The parent's ends of this and the other workers' pipes came with the fork: holding them would
+    # keep a worker from seeing EOF when the parent dies, and it would wait forever as an orphan.
+    for end in parents_ends:
+        end.close()
     reset_engines_after_fork()
     from dagster import DagsterInstance
 
@@ -148,7 +152,8 @@ def execute_partitions(
 
     def start_worker() -> _Worker:
         parent_end, child_end = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child_end, job), daemon=False)
+        parents_ends = [parent_end] + [w.conn for w in pool if not w.conn.closed]
+        process = context.Process(target=_worker_main, args=(child_end, job, parents_ends), daemon=False)
         process.start()
         child_end.close()
         return _Worker(process, parent_end)

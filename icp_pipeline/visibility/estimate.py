@@ -50,7 +50,8 @@ class PurchaseEstimate:
             return "0 model calls (every answer and claims call is already in the ledger)"
         if self.live_calls == 0:
             return f"{what}, estimated cost $0.00 (offline provider: synthetic answers cost nothing)"
-        cost = f"estimated cost ${self.usd:.2f} at list prices"
+        usd = f"{self.usd:.2f}" if self.usd >= 0.01 or self.usd == 0 else f"{self.usd:.4f}"
+        cost = f"estimated cost ${usd} at list prices"
         if self.unpriced:
             cost += f" plus the calls to {', '.join(sorted(self.unpriced))} (no price in the table)"
         return (

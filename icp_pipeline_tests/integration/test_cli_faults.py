@@ -233,6 +233,26 @@ def test_after_the_command_is_killed_the_next_run_frees_its_slots_and_finishes(h
     assert peak == 3
 
 
+def test_workers_of_a_killed_command_end_after_their_current_run(home, tmp_path) -> None:
+    db_url = f"sqlite:///{home / 'app.db'}"
+    load(db_url, small_org(tmp_path))
+    cli = start(cli_env(home, db_url, 1.0), "org", "run", "tiny", "--workers", "3", "--no-progress")
+    wait_for(lambda: len(started_runs(home)) >= 3, 60, "three started runs")
+    workers = children(cli.pid)
+    assert len(workers) == 3
+    os.kill(cli.pid, signal.SIGKILL)  # the command alone, not its workers
+    cli.wait()
+    try:
+        wait_for(lambda: not [p for p in workers if alive(p)], 30, "the orphaned workers to exit")
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        cli.communicate()
+    with DagsterInstance.from_config(str(home / "dagster_home")) as instance:
+        assert not instance.get_runs(RunsFilter(statuses=UNFINISHED))  # each finished its run
+
+
 class CuttableProxy:
     """A TCP proxy on 127.0.0.1 in front of PostgreSQL that can cut every connection and refuse new
     ones (an outage of the database as the app sees it), then restore service."""
