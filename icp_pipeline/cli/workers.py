@@ -161,8 +161,12 @@ def execute_partitions(
     def assign(worker: _Worker) -> None:
         task = queue.popleft()
         task_tags = {**tags, RETRY_OF_TAG: task.retry_of} if task.retry_of else tags
+        try:
+            worker.conn.send((task.key, task.run_id, task_tags, run_config))
+        except OSError:  # it died idle: the task goes back, the worker is replaced
+            queue.appendleft(task)
+            return
         worker.task = task
-        worker.conn.send((task.key, task.run_id, task_tags, run_config))
 
     def lost(worker: _Worker) -> tuple[str, bool, str] | None:
         """The worker died with a task: fail its run, free what it held, and retry it once."""
@@ -182,37 +186,38 @@ def execute_partitions(
 
     outage_since: float | None = None
     last_check = time.monotonic()
+    size, started = max(1, min(workers, len(keys))), 0
     try:
-        for _ in range(max(1, min(workers, len(keys)))):
-            worker = start_worker()
-            pool.append(worker)
-            assign(worker)
-        while any(w.task for w in pool):
+        while queue or any(w.task for w in pool):
+            for worker in [w for w in pool if w.task is None and not w.process.is_alive()]:
+                worker.conn.close()
+                pool.remove(worker)
+            while queue and len(pool) < size:
+                if started >= size + 2 * len(keys):  # each key may lose two workers, no more
+                    raise RuntimeError("run workers keep dying as they start; see the errors above")
+                pool.append(start_worker())
+                started += 1
+            for worker in pool:
+                if queue and worker.task is None:
+                    assign(worker)
             busy = [w for w in pool if w.task]
             ready = set(
                 wait([w.conn for w in busy] + [w.process.sentinel for w in busy], HEALTH_CHECK_SECONDS)
             )
             for worker in busy:
-                result = None
                 if worker.conn in ready:
                     try:
-                        run_id, ok, error = worker.conn.recv()
-                        result = (worker.task.key, ok, error)
-                        worker.task = None
+                        _run_id, ok, error = worker.conn.recv()
                     except (EOFError, OSError):  # it died; its sentinel says so too
                         result = lost(worker)
+                    else:
+                        result, worker.task = (worker.task.key, ok, error), None
                 elif worker.process.sentinel in ready:
                     result = lost(worker)
-                if not worker.process.is_alive():
-                    worker.conn.close()
-                    pool.remove(worker)
-                    if queue:
-                        worker = start_worker()
-                        pool.append(worker)
+                else:
+                    continue
                 if result is not None:
                     yield result
-                if queue and worker.task is None and worker in pool:
-                    assign(worker)
             now = time.monotonic()
             if now - last_check >= HEALTH_CHECK_SECONDS:
                 last_check = now
