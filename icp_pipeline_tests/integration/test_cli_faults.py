@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,11 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from icp_pipeline.cli.instance import write_embedded_instance_yaml
+from icp_pipeline.cli.runner import finish_cycle, run_cycle
 from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, PushDelivery
 from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.visibility.org_file import parse_org_file, upsert_org
-from icp_pipeline_tests.support.pipeline import count
+from icp_pipeline_tests.support.pipeline import count, pipeline_defs
 
 UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
@@ -447,3 +448,37 @@ def test_org_run_says_what_it_buys_and_does_not_open_a_second_cycle_unasked(home
     assert code == 0, err[-3000:]
     assert "cycle 2 of tiny: succeeded" in out
     assert count(db_url, ModelCall) == 16
+
+
+def test_a_roll_up_claimed_by_another_process_is_awaited_and_reported(icp_env, tmp_path, monkeypatch) -> None:
+    db_url = f"sqlite:///{icp_env / 'app.db'}"
+    monkeypatch.setenv("ICP_DATABASE_URL", db_url)
+    write_embedded_instance_yaml(icp_env / "dagster_home")
+    load(db_url, small_org(tmp_path))
+    defs = pipeline_defs(db_url)
+    first = run_cycle("tiny", workers=2, progress=False, defs=defs)
+    assert first.pushed
+    # The cycle completes again (as after a backfill of a failed run) and another process claims its
+    # roll-up, which it runs two seconds later.
+    with session_scope(db_url) as session:
+        cycle = session.get(Cycle, first.cycle_id)
+        cycle.completed_at = cycle.rollup_requested_at = datetime.now(UTC)
+
+    def other_process() -> None:
+        time.sleep(2)
+        with DagsterInstance.get() as instance:
+            defs.resolve_job_def("org_rollup_job").execute_in_process(
+                partition_key="tiny", instance=instance, tags={"icp/cycle_id": str(first.cycle_id)}
+            )
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    started = time.monotonic()
+    outcome = finish_cycle("tiny", first.cycle_id, DagsterInstance.get(), defs)
+    other.join()
+    assert outcome.pushed
+    assert outcome.message == "cycle 1 of tiny was rolled up and pushed by another process"
+    assert 2 <= time.monotonic() - started < 15
+    assert count(db_url, PushDelivery, PushDelivery.ok) == 2  # its push; none from this process
+    with DagsterInstance.get() as instance:
+        assert len(instance.get_runs(RunsFilter(job_name="org_rollup_job"))) == 2
