@@ -53,6 +53,15 @@ def _print_analytics(payload: dict) -> None:
     print(analytics_markdown(payload))
 
 
+# Exit codes: 0 done, 1 failed, 2 bad input file, 3 a new cycle was not opened (see the message),
+# 130 interrupted.
+EXIT_REFUSED = 3
+
+
+def _announce(message: str) -> None:
+    print(message, flush=True)
+
+
 def cmd_org_run(args: argparse.Namespace) -> int:
     from icp_pipeline.cli.runner import run_cycle
     from icp_pipeline.db.session import ensure_schema
@@ -60,18 +69,54 @@ def cmd_org_run(args: argparse.Namespace) -> int:
 
     ensure_schema()
     try:
-        outcome = run_cycle(args.org, workers=args.workers, progress=not args.no_progress)
-    except UnknownOrg as error:
+        outcome = run_cycle(
+            args.org,
+            workers=args.workers,
+            progress=not args.no_progress,
+            new_cycle=getattr(args, "new_cycle", False),
+            existing_only=getattr(args, "existing_only", False),
+            announce=_announce,
+        )
+    except (UnknownOrg, ValueError) as error:
         return _fail(str(error))
+    if outcome.status == "refused":
+        if outcome.payload:
+            _print_analytics(outcome.payload)
+        if getattr(args, "existing_only", False):
+            print(outcome.message)
+            return 0
+        return _fail(outcome.message, EXIT_REFUSED)
+    return _report_cycle(outcome)
+
+
+def _report_cycle(outcome) -> int:  # noqa: ANN001 - CycleOutcome, imported lazily
     print(
         f"cycle {outcome.cycle_id} of {outcome.org_id}: {outcome.status}; "
         f"{outcome.completed} completed, {outcome.failed} failed of {outcome.total}"
     )
     if outcome.payload:
         _print_analytics(outcome.payload)
+    if outcome.message and outcome.pushed:
+        print(outcome.message)
     if outcome.status != "succeeded" or not outcome.pushed:
         return _fail(outcome.message or "the cycle did not complete")
     return 0
+
+
+def cmd_org_push(args: argparse.Namespace) -> int:
+    """Roll up and push the latest complete cycle again, buying nothing (the push is idempotent)."""
+    from icp_pipeline.cli.runner import push_latest
+    from icp_pipeline.db.session import ensure_schema
+    from icp_pipeline.visibility.cycles import UnknownOrg
+
+    ensure_schema()
+    try:
+        outcome = push_latest(args.org)
+    except UnknownOrg as error:
+        return _fail(str(error))
+    if outcome is None:
+        return _fail(f"org {args.org!r} has no cycle yet; run `icp-pipeline org run {args.org}`")
+    return _report_cycle(outcome)
 
 
 def cmd_org_keys(args: argparse.Namespace) -> int:
@@ -160,8 +205,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for step in (
         lambda: cmd_db_upgrade(args),
         lambda: cmd_org_load(argparse.Namespace(file=str(EXAMPLE_ORG))),
+        # A second demo reports the example cycle instead of buying another one.
         lambda: cmd_org_run(
-            argparse.Namespace(org="acme", workers=args.workers, no_progress=args.no_progress)
+            argparse.Namespace(
+                org="acme", workers=args.workers, no_progress=args.no_progress, existing_only=True
+            )
         ),
         lambda: cmd_site_load(argparse.Namespace(file=str(EXAMPLE_SITE))),
         lambda: cmd_site_build(
@@ -200,7 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("org")
     run.add_argument("--workers", type=int, default=3, help="question runs executed at once (default 3)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument(
+        "--new-cycle",
+        action="store_true",
+        help="open and buy a new cycle even within ICP_MIN_CYCLE_INTERVAL (default 1h) of the last one",
+    )
     run.set_defaults(func=cmd_org_run)
+    push = org.add_parser(
+        "push", help="roll up and push the latest complete cycle again, without buying anything"
+    )
+    push.add_argument("org")
+    push.set_defaults(func=cmd_org_push)
     keys = org.add_parser("keys", help="print the org's question-run partition keys")
     keys.add_argument("org")
     keys.add_argument("--failed", action="store_true", help="only the keys that failed in the latest cycle")
@@ -236,12 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from icp_pipeline.db.session import SchemaNotReady
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from icp_pipeline.db.session import DatabaseUnreachable, SchemaNotReady
+    from icp_pipeline.settings import database_url, redact_url
 
     try:
         return args.func(args)
     except SchemaNotReady as error:
         return _fail(str(error))
+    except (DatabaseUnreachable, OperationalError, InterfaceError) as error:
+        # Workers are stopped by then (cli/workers.py); open items stay open and are resumed.
+        detail = str(error) if isinstance(error, DatabaseUnreachable) else f"{type(error.orig).__name__}"
+        return _fail(
+            f"the app database at {redact_url(database_url())} is unreachable ({detail}). Nothing bought is "
+            "lost: run the same command again once it is back; it resumes where this one stopped"
+        )
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:

@@ -1,34 +1,52 @@
 """Run one org cycle as real Dagster runs: one run per question-run partition, then the org roll-ups.
 
-Execution path: a pool of forked worker processes, each executing whole runs in-process against the
-instance at DAGSTER_HOME. Forking after Dagster and the definitions are imported avoids paying the
-~3 s import per run, and in-process execution avoids a process per step. The `llm` pool still caps
-model steps at 3 across every worker, because each step claims its slot in the instance.
+Execution path: forked worker processes (cli/workers.py), each executing whole runs in-process
+against the instance at DAGSTER_HOME. Forking after Dagster and the definitions are imported avoids
+paying the ~3 s import per run, and in-process execution avoids a process per step. The `llm` pool
+still caps model steps at 3 across every worker, because each step claims its slot in the instance.
+
+Nothing is bought by surprise: a command first finishes what an earlier one left (an open cycle is
+resumed, a complete cycle that was never delivered is rolled up and pushed), says what it is about
+to buy, and opens a new cycle within ICP_MIN_CYCLE_INTERVAL of the last one only when asked.
 """
 
-import multiprocessing
+import os
+import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from icp_pipeline.db.session import reset_engines_after_fork, session_scope
+from icp_pipeline.cli.recovery import reap_dead_runs
+from icp_pipeline.cli.workers import QUIET, execute_one, execute_partitions, with_quiet_logs
+from icp_pipeline.db.session import session_scope
 from icp_pipeline.settings import database_url
-from icp_pipeline.visibility import steps
-from icp_pipeline.visibility.cycles import claim_rollup, open_cycle, refresh_cycle
+from icp_pipeline.visibility import estimate, steps
+from icp_pipeline.visibility.cycles import (
+    claim_rollup,
+    delivered,
+    latest_cycle,
+    open_cycle,
+    refresh_cycle,
+    require_org,
+)
 
-_job = None  # set in the parent before forking; each worker executes it
-_instance = None
-# Step events go to the instance (and the UI); the terminal shows only warnings and the progress bar.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+__all__ = ["QUIET", "execute_one", "execute_partitions", "with_quiet_logs"]
+
+DEFAULT_MIN_CYCLE_INTERVAL = timedelta(hours=1)
+# How long `org run` waits for a roll-up that another process (the sensor, another `org run`) claimed.
+ROLLUP_WAIT_SECONDS = 180.0
+_ROLLUP_JOB = "org_rollup_job"
 
 
 @dataclass
 class CycleOutcome:
     org_id: str
     cycle_id: int
-    status: str
+    status: str  # running | succeeded | failed | refused (a new cycle was not opened)
     total: int
     completed: int
     failed: int
@@ -38,79 +56,21 @@ class CycleOutcome:
     message: str
 
 
-def _init_worker() -> None:
-    global _instance
-    reset_engines_after_fork()
-    from dagster import DagsterInstance
-
-    _instance = DagsterInstance.get()  # the parent already created the pool's slots
-
-
-def with_quiet_logs(run_config: dict[str, Any] | None) -> dict[str, Any]:
-    return {**(run_config or {}), **QUIET}
-
-
-def execute_one(
-    job: Any,
-    partition_key: str,
-    instance: Any,
-    tags: dict[str, str],
-    run_config: dict[str, Any] | None = None,
-) -> tuple[bool, str]:
-    """Execute one partition of a job in this process; (success, last step error)."""
-    try:
-        result = job.execute_in_process(
-            partition_key=partition_key,
-            instance=instance,
-            raise_on_error=False,
-            tags=tags,
-            run_config=with_quiet_logs(run_config),
-        )
-    except Exception as error:  # a crash outside the steps: the caller records it
-        return False, f"{type(error).__name__}: {error}"
-    if result.success:
-        return True, ""
-    failures = [e.event_specific_data.error.message.strip() for e in result.all_events if e.is_step_failure]
-    return False, failures[-1] if failures else "run failed"
-
-
-def _execute_partition(args: tuple[str, dict[str, str], dict[str, Any] | None]) -> tuple[str, bool, str]:
-    partition_key, tags, run_config = args
-    ok, error = execute_one(_job, partition_key, _instance, tags, run_config)
-    return partition_key, ok, error
-
-
 def load_instance_and_defs(defs: Any = None) -> tuple[Any, Any]:
-    """The instance at DAGSTER_HOME (the embedded one by default) and the code location's definitions."""
+    """The instance at DAGSTER_HOME (the embedded one by default) and the code location's definitions.
+    Runs of an earlier CLI whose worker is dead are failed first and their pool slots freed."""
     from icp_pipeline.cli.instance import get_instance, prepare_dagster_home
 
     prepare_dagster_home()
     if defs is None:
         from icp_pipeline.definitions import defs
-    return get_instance(), defs
-
-
-def execute_partitions(
-    job: Any,
-    keys: list[str],
-    workers: int,
-    tags: dict[str, str],
-    run_config: dict[str, Any] | None = None,
-) -> Iterator[tuple[str, bool, str]]:
-    """One run per partition on a pool of forked workers; yields (key, success, error) as runs finish."""
-    global _job
-    _job = job
-    context = multiprocessing.get_context("fork")
-    pool = context.Pool(max(1, min(workers, len(keys) or 1)), initializer=_init_worker)
-    try:
-        yield from pool.imap_unordered(_execute_partition, [(k, tags, run_config) for k in keys])
-        # close + join, not terminate: Dagster's interrupt handling in a worker can swallow SIGTERM.
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    instance = get_instance()
+    reaped = reap_dead_runs(instance, database_url())
+    if reaped:
+        sys.stderr.write(
+            f"note: marked {len(reaped)} run(s) of an earlier command failed: their worker is gone\n"
+        )
+    return instance, defs
 
 
 class Progress:
@@ -143,16 +103,117 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = None) -> CycleOutcome:
-    """`defs` defaults to the code location's; tests pass their own resources through it."""
+def min_cycle_interval() -> timedelta:
+    """ICP_MIN_CYCLE_INTERVAL: seconds, or a number with s, m, h or d (default 1h; 0 disables it)."""
+    text = os.environ.get("ICP_MIN_CYCLE_INTERVAL", "").strip().lower()
+    if not text:
+        return DEFAULT_MIN_CYCLE_INTERVAL
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if match is None:
+        raise ValueError(f"ICP_MIN_CYCLE_INTERVAL={text!r}: expected e.g. 3600, 90m, 1h or 1d")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return timedelta(seconds=float(match.group(1)) * unit)
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _is_live(defs: Any) -> tuple[Callable[[str, str], bool], dict]:
+    """Which models would be called for real with these definitions (a key set, mode not offline),
+    read from the models resource without creating any SDK client in this (forking) process."""
+    from icp_pipeline.providers.pricing import Price
+
+    models = defs.resources.get("models")
+    if models is None:
+        return (lambda _p, _m: False), {}
+    keys = {
+        "openai": models.openai_api_key,
+        "anthropic": models.anthropic_api_key,
+        "gemini": models.gemini_api_key,
+    }
+
+    def is_live(provider: str, _model: str) -> bool:
+        return models.mode != "offline" and provider != "offline" and bool(keys.get(provider))
+
+    return is_live, {name: Price(*prices) for name, prices in models.price_overrides.items()}
+
+
+def _outcome(cycle: Any, message: str = "", status: str | None = None) -> CycleOutcome:
+    return CycleOutcome(
+        cycle.org_id,
+        cycle.id,
+        status or cycle.status,
+        cycle.total,
+        cycle.completed,
+        cycle.failed,
+        False,
+        False,
+        None,
+        message,
+    )
+
+
+def run_cycle(
+    org_id: str,
+    workers: int = 3,
+    progress: bool = True,
+    defs: Any = None,
+    new_cycle: bool = False,
+    existing_only: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> CycleOutcome:
+    """Resume the org's open cycle, deliver a complete one that was not delivered, or open a new one
+    (refused within ICP_MIN_CYCLE_INTERVAL of the last unless `new_cycle`; never with
+    `existing_only`, which reports the latest cycle instead). `defs` defaults to the code location's;
+    tests pass their own resources through it. `announce` receives what is about to be bought."""
+    announce = announce or (lambda _message: None)
     db_url = database_url()
+    instance, defs = load_instance_and_defs(defs)
+    is_live, overrides = _is_live(defs)
+    interval = min_cycle_interval()
     with session_scope(db_url) as session:
-        cycle, _created = open_cycle(session, org_id)
+        require_org(session, org_id)
+        last = latest_cycle(session, org_id)
+        if last is not None and last.status != "running":
+            if not delivered(session, last) and last.status == "succeeded":
+                announce(
+                    f"cycle {last.id} of {org_id} is complete but was not delivered: rolling it up and "
+                    "pushing it (nothing is bought)"
+                )
+                return finish_cycle(org_id, last.id, instance, defs)
+            age = datetime.now(UTC) - _aware(last.created_at)
+            if existing_only or (not new_cycle and age < interval):
+                outcome = _outcome(last, status="refused")
+                planned = estimate.estimate(estimate.new_cycle_calls(session, org_id), is_live, overrides)
+                outcome.payload = _snapshot_payload(session, org_id, last.id)
+                if existing_only:
+                    outcome.message = f"cycle {last.id} of {org_id} already ran; showing its analytics"
+                else:
+                    outcome.message = (
+                        f"cycle {last.id} of {org_id} was opened {_human(age)} ago, within "
+                        f"ICP_MIN_CYCLE_INTERVAL ({_human(interval)}); a new cycle would buy "
+                        f"{planned.describe()}. Run `icp-pipeline org run {org_id} --new-cycle` to buy "
+                        f"it now, or see the latest analytics with `icp-pipeline org report {org_id}`"
+                    )
+                return outcome
+        cycle, created = open_cycle(session, org_id)
         cycle_id = cycle.id
         keys = sorted({i.partition_key for i in cycle.items if i.status not in ("succeeded", "failed")})
         done = (cycle.completed, cycle.failed, cycle.total)
+        planned = estimate.estimate(estimate.open_item_calls(session, cycle_id), is_live, overrides)
+    verb = "opened" if created else "resuming"
+    announce(
+        f"cycle {cycle_id} of {org_id} ({verb}): {len(keys)} question runs to do; buying {planned.describe()}"
+    )
 
-    instance, defs = load_instance_and_defs(defs)
     from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 
     instance.add_dynamic_partitions(question_runs_partitions.name, keys)
@@ -162,35 +223,110 @@ def run_cycle(org_id: str, workers: int = 3, progress: bool = True, defs: Any = 
     completed, failed = done[0], done[1]
     bar.show(completed, failed)
     tags = {"icp/org": org_id, "icp/cycle_id": str(cycle_id), "icp/launched_by": "cli"}
-    for key, ok, error in execute_partitions(defs.resolve_job_def("question_run_job"), keys, workers, tags):
-        if not ok:
-            # The assets mark their item failed; this covers a run that died before they could.
-            steps.fail_partition(db_url, key, "run", error)
+    job = defs.resolve_job_def("question_run_job")
+    with closing(execute_partitions(job, keys, workers, tags, instance=instance, db_url=db_url)) as results:
+        for key, ok, error in results:
+            if not ok:
+                # The assets mark their item failed; this covers a run that died before they could.
+                steps.fail_partition(db_url, key, "run", error)
+            with session_scope(db_url) as session:
+                cycle = refresh_cycle(session, cycle_id)
+                completed, failed = cycle.completed, cycle.failed
+            bar.show(completed, failed)
+    bar.close()
+    return finish_cycle(org_id, cycle_id, instance, defs)
+
+
+def _snapshot_payload(session: Any, org_id: str, cycle_id: int) -> dict[str, Any] | None:
+    snapshot = steps.latest_snapshot(session, org_id)
+    return snapshot.payload if snapshot is not None and snapshot.cycle_id == cycle_id else None
+
+
+def _rollup_in_progress(instance: Any, cycle_id: int) -> bool:
+    from dagster import DagsterRunStatus, RunsFilter
+
+    live = [
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ]
+    runs = instance.get_runs(
+        RunsFilter(job_name=_ROLLUP_JOB, statuses=live, tags={"icp/cycle_id": str(cycle_id)}), limit=1
+    )
+    return bool(runs)
+
+
+def _wait_for_other_rollup(instance: Any, db_url: str, cycle_id: int, requested_at: datetime | None) -> bool:
+    """Wait (bounded) while another process's roll-up of the cycle is under way; True once the cycle
+    is delivered. False when nobody is rolling it up any more (it died or failed) or time ran out."""
+    deadline = time.monotonic() + float(os.environ.get("ICP_ROLLUP_WAIT_SECONDS", ROLLUP_WAIT_SECONDS))
+    # The claimant may not have created its run yet: give it 10 s from its claim.
+    since_claim = (datetime.now(UTC) - _aware(requested_at)).total_seconds() if requested_at else 0.0
+    grace_until = time.monotonic() + max(0.0, 10 - since_claim)
+    last_reap = time.monotonic()
+    while time.monotonic() < deadline:
         with session_scope(db_url) as session:
             cycle = refresh_cycle(session, cycle_id)
-            completed, failed = cycle.completed, cycle.failed
-        bar.show(completed, failed)
-    bar.close()
+            if delivered(session, cycle):
+                return True
+        if time.monotonic() - last_reap > 10:
+            reap_dead_runs(instance, db_url)
+            last_reap = time.monotonic()
+        if not _rollup_in_progress(instance, cycle_id) and time.monotonic() > grace_until:
+            return False
+        time.sleep(1)
+    return False
 
+
+def finish_cycle(org_id: str, cycle_id: int, instance: Any, defs: Any, force: bool = False) -> CycleOutcome:
+    """Roll up and push a complete cycle, once: if another process claimed the roll-up, wait for it and
+    report; if that process is gone or failed, do it here (the push is idempotent by its key).
+    `force` re-runs the roll-up even when the cycle was delivered (`org push`)."""
+    db_url = database_url()
     with session_scope(db_url) as session:
         cycle = refresh_cycle(session, cycle_id)
-        status, total = cycle.status, cycle.total
-        claimed = status == "succeeded" and claim_rollup(session, cycle_id)
-    outcome = CycleOutcome(org_id, cycle_id, status, total, completed, failed, False, False, None, "")
-    if status != "succeeded":
-        outcome.message = (
-            f"cycle {cycle_id} of {org_id}: every one of {total} question runs failed; nothing pushed"
-        )
-        return outcome
-    if not claimed:
-        outcome.message = f"cycle {cycle_id}: roll-ups were already requested by another process (sensor)"
-        return outcome
-    rolled_up, rollup_error = execute_one(defs.resolve_job_def("org_rollup_job"), org_id, instance, tags)
-    outcome.rolled_up = True
+        outcome = _outcome(cycle)
+        if cycle.status == "running":
+            outcome.message = (
+                f"cycle {cycle_id} of {org_id} is still running ({cycle.completed + cycle.failed} of "
+                f"{cycle.total} done); `icp-pipeline org run {org_id}` resumes it"
+            )
+            return outcome
+        if cycle.status != "succeeded":
+            outcome.message = f"cycle {cycle_id} of {org_id}: every one of {cycle.total} question runs failed; nothing pushed"
+            return outcome
+        was_delivered = delivered(session, cycle)
+        requested_at = cycle.rollup_requested_at
+        claimed = claim_rollup(session, cycle_id)
+    if was_delivered and not force:
+        outcome.rolled_up = outcome.pushed = True
+        outcome.message = f"cycle {cycle_id} of {org_id} was already rolled up and pushed"
+    elif not claimed and not force and _wait_for_other_rollup(instance, db_url, cycle_id, requested_at):
+        outcome.rolled_up = outcome.pushed = True
+        outcome.message = f"cycle {cycle_id} of {org_id} was rolled up and pushed by another process"
+    else:
+        tags = {"icp/org": org_id, "icp/cycle_id": str(cycle_id), "icp/launched_by": "cli"}
+        ok, error = execute_one(defs.resolve_job_def(_ROLLUP_JOB), org_id, instance, tags)
+        outcome.rolled_up = outcome.pushed = ok
+        if not ok:
+            outcome.message = (
+                f"roll-ups of cycle {cycle_id} failed: {error}. Nothing needs to be bought again: "
+                f"retry them with `icp-pipeline org push {org_id}`"
+            )
     with session_scope(db_url) as session:
-        snapshot = steps.latest_snapshot(session, org_id)
-        outcome.payload = snapshot.payload if snapshot is not None and snapshot.cycle_id == cycle_id else None
-    outcome.pushed = rolled_up
-    if not rolled_up:
-        outcome.message = f"roll-ups failed: {rollup_error}"
+        outcome.payload = _snapshot_payload(session, org_id, cycle_id)
     return outcome
+
+
+def push_latest(org_id: str, defs: Any = None) -> CycleOutcome | None:
+    """`org push`: roll up and push the org's latest cycle again without buying anything.
+    None when the org has no cycle yet."""
+    instance, defs = load_instance_and_defs(defs)
+    with session_scope(database_url()) as session:
+        require_org(session, org_id)
+        cycle = latest_cycle(session, org_id)
+        if cycle is None:
+            return None
+        cycle_id = cycle.id
+    return finish_cycle(org_id, cycle_id, instance, defs, force=True)

@@ -9,7 +9,9 @@ from icp_pipeline.providers.resilience import backoff_seconds
 MODEL_RETRY = dg.RetryPolicy(
     max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-DB_RETRY = dg.RetryPolicy(max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL)
+# Waits of 2, 4, 8 and 16 s: a step outlasts a 30 s database outage on top of the connection retries
+# (db/session.py), so a PostgreSQL restart or failover delays a cycle instead of failing its items.
+DB_RETRY = dg.RetryPolicy(max_retries=4, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def is_last_attempt(context: dg.AssetExecutionContext, policy: dg.RetryPolicy) -> bool:

@@ -5,7 +5,16 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import Cycle, CycleItem, Org, OrgLocation, OrgModel, Question
+from icp_pipeline.db.models import (
+    AnalyticsSnapshot,
+    Cycle,
+    CycleItem,
+    Org,
+    OrgLocation,
+    OrgModel,
+    PushDelivery,
+    Question,
+)
 from icp_pipeline.visibility.keys import question_run_key
 
 TERMINAL = ("succeeded", "failed")
@@ -56,6 +65,9 @@ def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tupl
     """The org's running cycle, or a new one with one item per combination and sample.
     Returns (cycle, created)."""
     require_org(session, org_id)
+    # Take the org row's write lock first (a row lock on PostgreSQL, the database's on SQLite), so two
+    # commands opening a cycle at once share one instead of opening two and buying both.
+    session.execute(update(Org).where(Org.id == org_id).values(updated_at=Org.updated_at))
     running = session.scalars(select(Cycle).where(Cycle.org_id == org_id, Cycle.status == "running")).first()
     if running is not None:
         return running, False
@@ -192,6 +204,25 @@ def claim_rollup(session: Session, cycle_id: int) -> bool:
         .values(rollup_requested_at=datetime.now(UTC))
     )
     return result.rowcount == 1
+
+
+def delivered(session: Session, cycle: Cycle) -> bool:
+    """The complete cycle's analytics were computed and pushed since it last completed."""
+    if cycle.status == "running" or cycle.completed_at is None:
+        return False
+    has_snapshot = session.scalar(
+        select(func.count()).select_from(AnalyticsSnapshot).where(AnalyticsSnapshot.cycle_id == cycle.id)
+    )
+    pushed = session.scalar(
+        select(func.count())
+        .select_from(PushDelivery)
+        .where(
+            PushDelivery.cycle_id == cycle.id,
+            PushDelivery.ok,
+            PushDelivery.created_at >= cycle.completed_at,
+        )
+    )
+    return bool(has_snapshot and pushed)
 
 
 def cycles_ready_for_rollup(session: Session) -> list[Cycle]:

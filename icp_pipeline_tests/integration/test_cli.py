@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from icp_pipeline.cli.main import main
-from icp_pipeline.db.models import Org, Question
+from icp_pipeline.db.models import ModelCall, Org, Question
 from icp_pipeline.db.session import upgrade
 from icp_pipeline_tests.conftest import EXAMPLE_ORG
 from icp_pipeline_tests.support.pipeline import count
@@ -97,6 +97,21 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     payload = json.loads(report.stdout)
     assert payload["runs"] == {"total": 45, "completed": 45, "failed": 0}
     assert payload == json.loads((icp_env / "outbox" / "acme" / "cycle-1.json").read_text())
+
+    # A second demo reports the example cycle; it never buys a second one.
+    again = subprocess.run(
+        [sys.executable, "-m", "icp_pipeline.cli.main", "demo", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cycle 1 of acme already ran; showing its analytics" in again.stdout
+    assert "| Acme | yes | 45 |" in again.stdout
+    assert not (icp_env / "outbox" / "acme" / "cycle-2.json").exists()
+    db_url = f"sqlite:///{icp_env / 'app.db'}"
+    assert count(db_url, ModelCall, ModelCall.purpose == "answer") == 45
 
 
 def test_bad_site_file_names_the_field_and_writes_nothing(migrated, tmp_path, capsys) -> None:
