@@ -1,6 +1,7 @@
 """Build a site's ICPs as real Dagster runs: segments, then one run per segment, then the summary."""
 
 import sys
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,11 +85,14 @@ def build_site(
     segment_config = {"ops": {"segment_icp": {"config": config}}}
     # Pacing spaces builds out, so it only means something when they run one after another.
     parallel = 1 if options.pacing_seconds else workers
-    for _key, ok, _error in execute_partitions(
-        defs.resolve_job_def("segment_icp_job"), keys, parallel, tags, segment_config
-    ):
-        succeeded, failed = succeeded + ok, failed + (not ok)
-        bar.show(succeeded, failed)
+    builds = execute_partitions(
+        defs.resolve_job_def("segment_icp_job"), keys, parallel, tags, segment_config, instance, db_url
+    )
+    # closing: if this loop raises, the workers are stopped now, not when the generator is collected.
+    with closing(builds):
+        for _key, ok, _error in builds:
+            succeeded, failed = succeeded + ok, failed + (not ok)
+            bar.show(succeeded, failed)
     bar.close()
 
     summary_ok, summary_error = execute_one(
