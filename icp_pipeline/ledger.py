@@ -31,6 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import delete, exc, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import ModelCall, PurchaseClaim
 from icp_pipeline.db.session import session_scope
@@ -206,14 +207,19 @@ def _release_quietly(db_url: str, subject: str, claimant: str) -> None:
         log.warning("could not release the purchase claim on %s: %s", subject, error)
 
 
+def latest_ok_call(session: Session, subject: str) -> ModelCall | None:
+    """The purchase's complete reply (the latest, after a repair); None while it is not bought."""
+    return session.scalars(
+        select(ModelCall)
+        .where(ModelCall.subject == subject, ModelCall.ok)
+        .order_by(ModelCall.id.desc())
+        .limit(1)
+    ).first()
+
+
 def _latest_ok(db_url: str, subject: str) -> ModelCall | None:
     with session_scope(db_url) as session:
-        return session.scalars(
-            select(ModelCall)
-            .where(ModelCall.subject == subject, ModelCall.ok)
-            .order_by(ModelCall.id.desc())
-            .limit(1)
-        ).first()
+        return latest_ok_call(session, subject)
 
 
 def _purchase(

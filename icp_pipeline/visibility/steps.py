@@ -33,6 +33,7 @@ from icp_pipeline.ledger import (
     PurchaseInProgress,
     buy_answer,
     buy_structured,
+    latest_ok_call,
     new_claimant,
     purchase_subject,
     storable_text,
@@ -64,16 +65,6 @@ def company_terms(session: Session, org_id: str) -> list[CompanyTerms]:
         select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
     )
     return [CompanyTerms(c.id, c.name, tuple(c.aliases), tuple(c.domains)) for c in companies]
-
-
-def _ok_call(session: Session, subject: str) -> ModelCall | None:
-    """The purchase's complete reply (the latest, after a repair)."""
-    return session.scalars(
-        select(ModelCall)
-        .where(ModelCall.subject == subject, ModelCall.ok)
-        .order_by(ModelCall.id.desc())
-        .limit(1)
-    ).first()
 
 
 def _paid_usage(session: Session, subject: str) -> tuple[int | None, int | None, float | None]:
@@ -126,7 +117,7 @@ def buy_answers(
         }
         plan: list[tuple[int, ModelRequest]] = []
         for item in items:
-            answered = _ok_call(session, purchase_subject("answer", item.id)) is not None
+            answered = latest_ok_call(session, purchase_subject("answer", item.id)) is not None
             if item.status == "failed" and not answered:  # a retry of a failed partition re-opens it
                 set_item_status(session, item, "pending")
             country = item.location.country_code
@@ -190,7 +181,7 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
     with session_scope(db_url) as session:
         runs = []
         for item in items_for_partition(session, partition_key):
-            call = _ok_call(session, purchase_subject("answer", item.id))
+            call = latest_ok_call(session, purchase_subject("answer", item.id))
             if call is None:
                 raise StepError(
                     f"{partition_key}: no stored answer for sample {item.sample_index}; materialize ai_answer first"

@@ -9,7 +9,6 @@ import multiprocessing
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -17,10 +16,10 @@ from icp_pipeline.providers.base import ModelRequest, ProviderError
 from icp_pipeline.providers.factory import ProviderSettings, resolve_provider
 from icp_pipeline.providers.resilience import PACER
 from icp_pipeline_tests.support.fake_providers import (
-    FakeAnthropic,
-    FakeGemini,
+    PROVIDER_CASES,
     FakeOpenAI,
     FakeProviderServer,
+    ProviderCase,
     RecordedRequest,
     Step,
     status,
@@ -32,20 +31,8 @@ FAILING = "token-3"
 TOKENS = [f"token-{i}" for i in range(1, 9)]
 
 
-@dataclass(frozen=True)
-class Case:
-    provider: str
-    model: str
-    server: type[FakeProviderServer]
-    base_url_variable: str
-    base_url_suffix: str = ""
-
-
-CASES = [
-    Case("openai", "gpt-4o-mini", FakeOpenAI, "OPENAI_BASE_URL", "/v1"),
-    Case("anthropic", "claude-haiku-4-5", FakeAnthropic, "ANTHROPIC_BASE_URL"),
-    Case("gemini", "gemini-2.5-flash", FakeGemini, "GOOGLE_GEMINI_BASE_URL"),
-]
+Case = ProviderCase
+CASES = PROVIDER_CASES
 
 
 def echo_or_fail(server: FakeProviderServer):

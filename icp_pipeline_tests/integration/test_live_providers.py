@@ -4,7 +4,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -14,9 +13,9 @@ from icp_pipeline.providers.resilience import PACER
 from icp_pipeline.providers.structured import complete_structured
 from icp_pipeline.visibility.claims import ClaimExtraction
 from icp_pipeline_tests.support.fake_providers import (
-    FakeAnthropic,
-    FakeGemini,
+    PROVIDER_CASES,
     FakeOpenAI,
+    ProviderCase,
     hang,
     malformed,
     no_usage,
@@ -27,20 +26,8 @@ from icp_pipeline_tests.support.fake_providers import (
 KEY = "sk-live-test-5c2e1b0d9a"
 
 
-@dataclass(frozen=True)
-class Case:
-    provider: str
-    model: str
-    server: type
-    base_url_variable: str
-    base_url_suffix: str = ""
-
-
-CASES = [
-    Case("openai", "gpt-4o-mini", FakeOpenAI, "OPENAI_BASE_URL", "/v1"),
-    Case("anthropic", "claude-haiku-4-5", FakeAnthropic, "ANTHROPIC_BASE_URL"),
-    Case("gemini", "gemini-2.5-flash", FakeGemini, "GOOGLE_GEMINI_BASE_URL"),
-]
+Case = ProviderCase
+CASES = PROVIDER_CASES
 
 
 @pytest.fixture(params=CASES, ids=[c.provider for c in CASES])

@@ -106,6 +106,8 @@ from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
+    "PROVIDER_CASES",
+    "ProviderCase",
     "DEFAULT_ANSWER",
     "FakeAnthropic",
     "FakeGemini",
@@ -1107,3 +1109,24 @@ class FakeGemini(FakeProviderServer):
             metadata["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.input_tokens}]
             payload["usageMetadata"] = metadata
         return payload
+
+
+# ------------------------------------------------------------------------------- test parametrisation
+
+
+@dataclass(frozen=True)
+class ProviderCase:
+    """One provider as the tests drive it: its fake server and the variable that points the SDK at it."""
+
+    provider: str
+    model: str
+    server: type[FakeProviderServer]
+    base_url_variable: str
+    base_url_suffix: str = ""
+
+
+PROVIDER_CASES = [
+    ProviderCase("openai", "gpt-4o-mini", FakeOpenAI, "OPENAI_BASE_URL", "/v1"),
+    ProviderCase("anthropic", "claude-haiku-4-5", FakeAnthropic, "ANTHROPIC_BASE_URL"),
+    ProviderCase("gemini", "gemini-2.5-flash", FakeGemini, "GOOGLE_GEMINI_BASE_URL"),
+]
