@@ -31,4 +31,4 @@ def retry_provider_error(
 def purchase_claimant(context: dg.AssetExecutionContext) -> str:
     """Who holds a purchase claim: the run group. A run, its step retries and a crashed run's
     re-execution share the root run id, so a retry takes over its own claim instead of waiting it out."""
-    return context.run.tags.get("dagster/root_run_id", context.run_id)
+    return context.run.tags.get("dagster/root_run_id", context.run.run_id)
