@@ -251,7 +251,11 @@ def test_compute_analytics_top_level() -> None:
     assert payload["synthetic"] is True
     assert payload["runs"] == {"completed": 4, "failed": 1, "total": 5}
     assert payload["latest_runs"] == 4
-    assert payload["companies"] == company_stats(COMPANIES, _runs())
+    assert [{k: v for k, v in row.items() if k != "change"} for row in payload["companies"]] == company_stats(
+        COMPANIES, _runs()
+    )
+    assert payload["previous_cycle_id"] is None
+    assert [row["change"] for row in payload["companies"]] == [None, None, None]
     assert payload["citations"] == citation_stats(_runs())
     assert payload["sentiment"] == sentiment_stats(COMPANIES, _runs())
     assert payload["cost"] == cost_stats(CALLS)
