@@ -302,3 +302,67 @@ def analytics_markdown(payload: dict[str, Any]) -> str:
     if payload.get("synthetic"):
         footer += " Synthetic data from the offline provider."
     return "\n".join(lines) + footer
+
+
+def analytics_history(org_id: str, snapshots: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Each company's per-cycle series of rates with their intervals, from (cycle_id, payload) pairs
+    oldest first. Snapshots from before the intervals existed get the mention rate's Wilson interval
+    from their counts; their share-of-voice interval stays null (it needs the runs)."""
+    series: dict[str, dict[str, Any]] = {}
+    for cycle_id, payload in snapshots:
+        for row in payload.get("companies", []):
+            name = inert_text(row["name"])
+            company = series.setdefault(name, {"name": name, "is_target": row["is_target"], "cycles": []})
+            mention_ci = row.get("mention_rate_ci", stats.wilson_interval(row["mentioned_runs"], row["runs"]))
+            company["cycles"].append(
+                {
+                    "cycle_id": cycle_id,
+                    "generated_at": payload.get("generated_at"),
+                    "analytics_version": payload.get("analytics_version"),
+                    "runs": row["runs"],
+                    "mentioned_runs": row["mentioned_runs"],
+                    "mention_rate": row["mention_rate"],
+                    "mention_rate_ci": mention_ci,
+                    "share_of_voice": row["share_of_voice"],
+                    "share_of_voice_ci": row.get("share_of_voice_ci"),
+                    "insufficient_data": row.get("insufficient_data"),
+                    "change": row.get("change"),
+                }
+            )
+    return {
+        "org_id": org_id,
+        "cycles": [cycle_id for cycle_id, _ in snapshots],
+        "companies": list(series.values()),
+    }
+
+
+def history_table(history: dict[str, Any]) -> str:
+    """analytics_history as a plain-text table, one line per company and cycle."""
+    header = ("Company", "Cycle", "Generated", "Runs", "Mention rate [95% CI]", "Share of voice [95% CI]", "")
+    lines: list[tuple[str, ...]] = [header]
+    for company in history["companies"]:
+        name = company["name"] + (" (target)" if company["is_target"] else "")
+        for point in company["cycles"]:
+            change = point["change"] or {}
+            lines.append(
+                (
+                    name,
+                    str(point["cycle_id"]),
+                    inert_text(point["generated_at"] or "")[:16].replace("T", " "),
+                    str(point["runs"]),
+                    f"{_fmt(point['mention_rate'], True)} {format_interval(point['mention_rate_ci'])}",
+                    f"{_fmt(point['share_of_voice'], True)} {format_interval(point['share_of_voice_ci'])}",
+                    " ".join(
+                        note
+                        for note in (
+                            "significant change" if change.get("significant") else "",
+                            "insufficient data" if point["insufficient_data"] else "",
+                        )
+                        if note
+                    ),
+                )
+            )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

@@ -7,11 +7,13 @@ from icp_pipeline.visibility.analytics import (
     CallCost,
     CompanyInfo,
     RunFacts,
+    analytics_history,
     analytics_markdown,
     citation_stats,
     company_stats,
     compute_analytics,
     cost_stats,
+    history_table,
     sentiment_stats,
 )
 
@@ -502,3 +504,51 @@ def test_change_with_a_company_new_since_the_previous_cycle() -> None:
         "p_value": 1.0,
         "significant": False,
     }
+
+
+def test_history_series_and_table_print_names_as_inert_text() -> None:
+    evil = [CompanyInfo(1, "Acme\x1b[2J\u202e", True), CompanyInfo(2, "Globex", False)]
+    first = compute_analytics(
+        org_id="acme",
+        cycle_id=1,
+        generated_at=datetime(2024, 1, 1),
+        run_counts={},
+        companies=evil,
+        runs=_facts(2, 20),
+        calls=[],
+        synthetic=False,
+    )
+    second = compute_analytics(
+        org_id="acme",
+        cycle_id=2,
+        generated_at=datetime(2024, 1, 2),
+        run_counts={},
+        companies=evil,
+        runs=_facts(15, 20),
+        calls=[],
+        synthetic=False,
+        previous=first,
+    )
+    # A snapshot from analytics-1 has counts but no intervals.
+    old = {"companies": [_original_fields(row) for row in first["companies"]], "generated_at": "2023-12-01"}
+    history = analytics_history("acme", [(0, old), (1, first), (2, second)])
+    assert history["cycles"] == [0, 1, 2]
+    acme, globex = history["companies"]
+    assert acme["name"] == "Acme[2J" and acme["is_target"] is True  # the escape's bytes are plain text now
+    assert [p["cycle_id"] for p in acme["cycles"]] == [0, 1, 2]
+    assert [p["mention_rate"] for p in acme["cycles"]] == [0.1, 0.1, 0.75]
+    assert acme["cycles"][0]["mention_rate_ci"] == acme["cycles"][1]["mention_rate_ci"]  # from the counts
+    assert acme["cycles"][0]["share_of_voice_ci"] is None
+    assert acme["cycles"][2]["change"]["significant"] is True
+    assert globex["cycles"][2]["share_of_voice_ci"] == second["companies"][1]["share_of_voice_ci"]
+
+    table = history_table(history)
+    assert "\x1b" not in table and "\u202e" not in table
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["Company", "Cycle"]
+    assert len(lines) == 1 + 2 * 3
+    assert any(
+        line.startswith("Acme[2J (target)") and "75% [53%, 89%]" in line and "significant change" in line
+        for line in lines
+    )
+    assert "insufficient data" not in table  # 20 runs, min_runs 10
