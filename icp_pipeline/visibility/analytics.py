@@ -54,21 +54,20 @@ def _bootstrap_intervals(
 ) -> None:
     """Adds share_of_voice_ci and average_position_ci to rows: one percentile bootstrap over the runs,
     whose resamples every company shares (stats.bootstrap_resamples, fixed seed)."""
+    # Per company, a 0/1 mention flag and the position (0 when not mentioned) of each run; a resample's
+    # sums are then C-level map/sum over its indices rather than a Python loop per run.
+    flags = {c.company_id: [int(c.company_id in r.positions) for r in runs] for c in companies}
+    places = {c.company_id: [r.positions.get(c.company_id, 0) for r in runs] for c in companies}
     share_values: dict[int, list[float | None]] = {c.company_id: [] for c in companies}
     position_values: dict[int, list[float | None]] = {c.company_id: [] for c in companies}
     for sample in stats.bootstrap_resamples(len(runs)):
-        mentions: dict[int, int] = defaultdict(int)
-        position_sums: dict[int, int] = defaultdict(int)
-        for index in sample:
-            for company_id, position in runs[index].positions.items():
-                mentions[company_id] += 1
-                position_sums[company_id] += position
-        total = sum(mentions[c.company_id] for c in companies)
+        mentions = {c.company_id: sum(map(flags[c.company_id].__getitem__, sample)) for c in companies}
+        total = sum(mentions.values())
         for company in companies:
             count = mentions[company.company_id]
             share_values[company.company_id].append(count / total if total else None)
             position_values[company.company_id].append(
-                position_sums[company.company_id] / count if count else None
+                sum(map(places[company.company_id].__getitem__, sample)) / count if count else None
             )
     for company, row in zip(companies, rows, strict=True):
         row["share_of_voice_ci"] = stats.percentile_interval(

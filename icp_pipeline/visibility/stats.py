@@ -74,7 +74,8 @@ def bootstrap_resamples(
     """Index lists of `resamples` resamples with replacement of `size` items, the same for the same
     arguments. Every statistic of one group of runs shares them, so one pass computes all companies."""
     rng = random.Random(seed)
-    return [[rng.randrange(size) for _ in range(size)] for _ in range(resamples)] if size else []
+    population = range(size)
+    return [rng.choices(population, k=size) for _ in range(resamples)] if size else []
 
 
 def percentile_interval(values: Sequence[float | None], estimate: float | None) -> list[float] | None:
