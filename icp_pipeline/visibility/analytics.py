@@ -284,16 +284,23 @@ def format_interval(interval: list[float] | None, percent: bool = True) -> str:
     return f"[{_fmt(interval[0], percent)}, {_fmt(interval[1], percent)}]"
 
 
+def _interval_suffix(row: dict[str, Any]) -> str:
+    # Snapshots from before the intervals have none; their rows print as they did.
+    interval = row.get("mention_rate_ci")
+    return "" if interval is None else f" {format_interval(interval)}"
+
+
 def analytics_markdown(payload: dict[str, Any]) -> str:
     """The companies table as markdown, for the Dagster UI and the CLI."""
     lines = [
-        "| Company | Target | Runs | Mentioned | Mention rate | Share of voice | Avg position | Cited runs |",
+        "| Company | Target | Runs | Mentioned | Mention rate [95% CI] | Share of voice | Avg position | Cited runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["companies"]:
         lines.append(
-            f"| {row['name']} | {'yes' if row['is_target'] else ''} | {row['runs']} | {row['mentioned_runs']} | "
-            f"{_fmt(row['mention_rate'], True)} | {_fmt(row['share_of_voice'], True)} | "
+            f"| {inert_text(row['name'])} | {'yes' if row['is_target'] else ''} | {row['runs']} | "
+            f"{row['mentioned_runs']} | {_fmt(row['mention_rate'], True)}{_interval_suffix(row)} | "
+            f"{_fmt(row['share_of_voice'], True)} | "
             f"{_fmt(row['average_position'])} | {row['cited_runs']} |"
         )
     runs = payload["runs"]

@@ -328,9 +328,9 @@ def test_analytics_markdown_rows() -> None:
     markdown = analytics_markdown(_payload())
     lines = markdown.splitlines()
     assert lines[0].startswith("| Company | Target |")
-    assert "| Acme | yes | 4 | 2 | 50% | 40% | 1.50 | 2 |" in lines
-    assert "| Globex |  | 4 | 3 | 75% | 60% | 1.33 | 1 |" in lines
-    assert "| Initech |  | 4 | 0 | 0% | 0% | – | 0 |" in lines
+    assert "| Acme | yes | 4 | 2 | 50% [15%, 85%] | 40% | 1.50 | 2 |" in lines
+    assert "| Globex |  | 4 | 3 | 75% [30%, 95%] | 60% | 1.33 | 1 |" in lines
+    assert "| Initech |  | 4 | 0 | 0% [0%, 49%] | 0% | – | 0 |" in lines
     assert sum(1 for line in lines if line.startswith("| ") and "---" not in line) == 1 + len(COMPANIES)
     assert "Runs: 4 completed, 1 failed, 5 total." in markdown
     assert "Synthetic" not in markdown
@@ -552,3 +552,11 @@ def test_history_series_and_table_print_names_as_inert_text() -> None:
         for line in lines
     )
     assert "insufficient data" not in table  # 20 runs, min_runs 10
+
+
+def test_analytics_markdown_prints_names_as_inert_text() -> None:
+    payload = _payload()
+    payload["companies"][0]["name"] = "Acme\x1b]8;;http://x\x07\u202e"
+    markdown = analytics_markdown(payload)
+    assert "\x1b" not in markdown and "\x07" not in markdown and "\u202e" not in markdown
+    assert "| Acme]8;;http://x | yes | 4 |" in markdown
