@@ -158,12 +158,11 @@ def change_since(current: dict[str, Any], previous: dict[str, Any] | None) -> di
 
     mentioned, runs = current["mentioned_runs"], current["runs"]
     before_mentioned, before_runs = previous["mentioned_runs"], previous["runs"]
-    p_value = round(
-        stats.fisher_exact_two_sided(
-            mentioned, runs - mentioned, before_mentioned, before_runs - before_mentioned
-        ),
-        10,
+    # Ten significant digits (not decimals), so a tiny p-value does not print as 0.
+    exact = stats.fisher_exact_two_sided(
+        mentioned, runs - mentioned, before_mentioned, before_runs - before_mentioned
     )
+    p_value = float(f"{exact:.10g}")
     return {
         "mention_rate": delta("mention_rate"),
         "share_of_voice": delta("share_of_voice"),

@@ -560,3 +560,10 @@ def test_analytics_markdown_prints_names_as_inert_text() -> None:
     markdown = analytics_markdown(payload)
     assert "\x1b" not in markdown and "\x07" not in markdown and "\u202e" not in markdown
     assert "| Acme]8;;http://x | yes | 4 |" in markdown
+
+
+def test_a_tiny_p_value_keeps_its_digits() -> None:
+    first = _cycle(1, _facts(0, 40), None)
+    change = _by_name(_cycle(2, _facts(40, 40), first)["companies"])["Acme"]["change"]
+    assert 0 < change["p_value"] < 1e-20  # 2 / C(80, 40)
+    assert change["p_value"] == pytest.approx(2 / 107507208733336176461620, rel=1e-9)
