@@ -231,6 +231,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_org_history(args: argparse.Namespace) -> int:
+    """Each company's rates per cycle with their 95% intervals, from the stored analytics snapshots."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.analytics import analytics_history, history_table
+    from icp_pipeline.visibility.cycles import UnknownOrg, require_org
+    from icp_pipeline.visibility.steps import snapshots
+
+    ensure_schema()
+    with session_scope() as session:
+        try:
+            require_org(session, args.org)
+        except UnknownOrg as error:
+            return _fail(str(error))
+        series = [(s.cycle_id, s.payload) for s in snapshots(session, args.org)]
+    if not series:
+        return _fail(f"no analytics for org {args.org!r} yet; run `icp-pipeline org run {args.org}`")
+    history = analytics_history(args.org, series)
+    print(json.dumps(history, indent=2, sort_keys=True) if args.json else history_table(history))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icp-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("org")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_org_report)
+    history = org.add_parser("history", help="print each company's rates per cycle with their intervals")
+    history.add_argument("org")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_org_history)
 
     site = commands.add_parser("site", help="ICP segments of a site").add_subparsers(
         dest="site_command", required=True

@@ -46,6 +46,8 @@ class Org(Base):
     config_sha256: Mapped[str] = mapped_column(String(64))
     # The org file's `schedule`: this org's cycle cron; null means the default (ICP_ORG_CYCLE_CRON).
     cycle_cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The org file's `min_runs`: below it a company row is flagged insufficient_data.
+    min_runs: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,11 +1,20 @@
-"""Org analytics over the latest completed run of each question x model x location. Pure functions."""
+"""Org analytics over the latest completed run of each question x model x location. Pure functions.
 
+Every company row carries its sample size and 95% intervals (see stats.py for the methods); the
+overall rows also carry the change since the previous cycle's snapshot.
+"""
+
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-ANALYTICS_VERSION = "analytics-1"
+from icp_pipeline.visibility import stats
+
+ANALYTICS_VERSION = "analytics-2"
+DEFAULT_MIN_RUNS = 10
+SIGNIFICANCE_LEVEL = 0.05
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,8 @@ class RunFacts:
     cited_companies: set[int] = field(default_factory=set)
     cited_urls: list[tuple[str, str]] = field(default_factory=list)  # (url, domain), once per URL
     claim_sentiments: list[tuple[int | None, str]] = field(default_factory=list)
+    question: str = ""  # the question's key
+    sample_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,12 +49,44 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 6) if denominator else None
 
 
-def company_stats(companies: list[CompanyInfo], runs: list[RunFacts]) -> list[dict[str, Any]]:
+def _bootstrap_intervals(
+    companies: list[CompanyInfo], runs: list[RunFacts], rows: list[dict[str, Any]]
+) -> None:
+    """Adds share_of_voice_ci and average_position_ci to rows: one percentile bootstrap over the runs,
+    whose resamples every company shares (stats.bootstrap_resamples, fixed seed)."""
+    # Per company, a 0/1 mention flag and the position (0 when not mentioned) of each run; a resample's
+    # sums are then C-level map/sum over its indices rather than a Python loop per run.
+    flags = {c.company_id: [int(c.company_id in r.positions) for r in runs] for c in companies}
+    places = {c.company_id: [r.positions.get(c.company_id, 0) for r in runs] for c in companies}
+    share_values: dict[int, list[float | None]] = {c.company_id: [] for c in companies}
+    position_values: dict[int, list[float | None]] = {c.company_id: [] for c in companies}
+    for sample in stats.bootstrap_resamples(len(runs)):
+        mentions = {c.company_id: sum(map(flags[c.company_id].__getitem__, sample)) for c in companies}
+        total = sum(mentions.values())
+        for company in companies:
+            count = mentions[company.company_id]
+            share_values[company.company_id].append(count / total if total else None)
+            position_values[company.company_id].append(
+                sum(map(places[company.company_id].__getitem__, sample)) / count if count else None
+            )
+    for company, row in zip(companies, rows, strict=True):
+        row["share_of_voice_ci"] = stats.percentile_interval(
+            share_values[company.company_id], row["share_of_voice"]
+        )
+        row["average_position_ci"] = stats.percentile_interval(
+            position_values[company.company_id], row["average_position"]
+        )
+
+
+def company_stats(
+    companies: list[CompanyInfo], runs: list[RunFacts], min_runs: int = DEFAULT_MIN_RUNS
+) -> list[dict[str, Any]]:
     mentioned = {c.company_id: sum(1 for r in runs if c.company_id in r.positions) for c in companies}
     all_mentions = sum(mentioned.values())
     rows = []
     for company in companies:
         positions = [r.positions[company.company_id] for r in runs if company.company_id in r.positions]
+        cited = sum(1 for r in runs if company.company_id in r.cited_companies)
         rows.append(
             {
                 "name": company.name,
@@ -53,19 +96,79 @@ def company_stats(companies: list[CompanyInfo], runs: list[RunFacts]) -> list[di
                 "mention_rate": _ratio(mentioned[company.company_id], len(runs)),
                 "share_of_voice": _ratio(mentioned[company.company_id], all_mentions),
                 "average_position": _ratio(sum(positions), len(positions)),
-                "cited_runs": sum(1 for r in runs if company.company_id in r.cited_companies),
+                "cited_runs": cited,
+                "mention_rate_ci": stats.wilson_interval(mentioned[company.company_id], len(runs)),
+                "cited_rate": _ratio(cited, len(runs)),
+                "cited_rate_ci": stats.wilson_interval(cited, len(runs)),
+                "insufficient_data": len(runs) < min_runs,
             }
         )
+    _bootstrap_intervals(companies, runs, rows)
     return rows
 
 
 def _grouped(
-    companies: list[CompanyInfo], runs: list[RunFacts], attribute: str
+    companies: list[CompanyInfo], runs: list[RunFacts], attribute: str, min_runs: int = DEFAULT_MIN_RUNS
 ) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[RunFacts]] = defaultdict(list)
     for run in runs:
         groups[getattr(run, attribute)].append(run)
-    return {key: company_stats(companies, groups[key]) for key in sorted(groups)}
+    return {key: company_stats(companies, groups[key], min_runs) for key in sorted(groups)}
+
+
+def stability(company_id: int, runs: list[RunFacts]) -> dict[str, Any]:
+    """How often the samples of one model x location disagree about a company (some mention it, some
+    do not), over the combinations with at least two samples. With one sample per combination nothing
+    can disagree: repeated_combinations is 0 and disagreement_rate is null (0 of 0), not 0."""
+    samples: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for run in runs:
+        samples[(run.model, run.location)].append(company_id in run.positions)
+    repeated = [mentions for mentions in samples.values() if len(mentions) >= 2]
+    disagreeing = sum(1 for mentions in repeated if len(set(mentions)) == 2)
+    return {
+        "combinations": len(samples),
+        "repeated_combinations": len(repeated),
+        "disagreeing_combinations": disagreeing,
+        "disagreement_rate": _ratio(disagreeing, len(repeated)),
+    }
+
+
+def question_stats(
+    companies: list[CompanyInfo], runs: list[RunFacts], min_runs: int = DEFAULT_MIN_RUNS
+) -> dict[str, list[dict[str, Any]]]:
+    """The company rows per question key, each with its stability across samples."""
+    by_question = _grouped(companies, runs, "question", min_runs)
+    for key, rows in by_question.items():
+        question_runs = [r for r in runs if r.question == key]
+        for company, row in zip(companies, rows, strict=True):
+            row["stability"] = stability(company.company_id, question_runs)
+    return by_question
+
+
+def change_since(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The change of one overall company row since the same company's row of the previous cycle:
+    deltas (current minus previous) and the two-sided Fisher exact test on mentioned / not mentioned
+    runs. None when there is no previous row to compare with."""
+    if previous is None or "mentioned_runs" not in previous or "runs" not in previous:
+        return None
+
+    def delta(name: str) -> float | None:
+        now, before = current.get(name), previous.get(name)
+        return None if now is None or before is None else round(now - before, 6)
+
+    mentioned, runs = current["mentioned_runs"], current["runs"]
+    before_mentioned, before_runs = previous["mentioned_runs"], previous["runs"]
+    # Ten significant digits (not decimals), so a tiny p-value does not print as 0.
+    exact = stats.fisher_exact_two_sided(
+        mentioned, runs - mentioned, before_mentioned, before_runs - before_mentioned
+    )
+    p_value = float(f"{exact:.10g}")
+    return {
+        "mention_rate": delta("mention_rate"),
+        "share_of_voice": delta("share_of_voice"),
+        "p_value": p_value,
+        "significant": p_value < SIGNIFICANCE_LEVEL,
+    }
 
 
 def citation_stats(runs: list[RunFacts]) -> dict[str, Any]:
@@ -131,7 +234,15 @@ def compute_analytics(
     runs: list[RunFacts],
     calls: list[CallCost],
     synthetic: bool,
+    min_runs: int = DEFAULT_MIN_RUNS,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The analytics payload. `previous` is the previous cycle's payload (the latest earlier cycle with
+    analytics), or None; each overall company row gets its `change` since it."""
+    companies_rows = company_stats(companies, runs, min_runs)
+    previous_rows = {row["name"]: row for row in (previous or {}).get("companies", [])}
+    for row in companies_rows:
+        row["change"] = change_since(row, previous_rows.get(row["name"]))
     return {
         "org_id": org_id,
         "cycle_id": cycle_id,
@@ -140,9 +251,12 @@ def compute_analytics(
         "synthetic": synthetic,
         "runs": run_counts,
         "latest_runs": len(runs),
-        "companies": company_stats(companies, runs),
-        "by_model": _grouped(companies, runs, "model"),
-        "by_location": _grouped(companies, runs, "location"),
+        "companies": companies_rows,
+        "by_model": _grouped(companies, runs, "model", min_runs),
+        "by_location": _grouped(companies, runs, "location", min_runs),
+        "by_question": question_stats(companies, runs, min_runs),
+        "min_runs": min_runs,
+        "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(runs),
         "sentiment": sentiment_stats(companies, runs),
         "cost": cost_stats(calls),
@@ -157,16 +271,35 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def inert_text(text: str) -> str:
+    """A name from an org file or a model, safe to print: control and format characters (escape
+    sequences, bidi overrides, ...) removed."""
+    return "".join(ch for ch in str(text) if unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
+def format_interval(interval: list[float] | None, percent: bool = True) -> str:
+    if interval is None:
+        return "–"
+    return f"[{_fmt(interval[0], percent)}, {_fmt(interval[1], percent)}]"
+
+
+def _interval_suffix(row: dict[str, Any]) -> str:
+    # Snapshots from before the intervals have none; their rows print as they did.
+    interval = row.get("mention_rate_ci")
+    return "" if interval is None else f" {format_interval(interval)}"
+
+
 def analytics_markdown(payload: dict[str, Any]) -> str:
     """The companies table as markdown, for the Dagster UI and the CLI."""
     lines = [
-        "| Company | Target | Runs | Mentioned | Mention rate | Share of voice | Avg position | Cited runs |",
+        "| Company | Target | Runs | Mentioned | Mention rate [95% CI] | Share of voice | Avg position | Cited runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["companies"]:
         lines.append(
-            f"| {row['name']} | {'yes' if row['is_target'] else ''} | {row['runs']} | {row['mentioned_runs']} | "
-            f"{_fmt(row['mention_rate'], True)} | {_fmt(row['share_of_voice'], True)} | "
+            f"| {inert_text(row['name'])} | {'yes' if row['is_target'] else ''} | {row['runs']} | "
+            f"{row['mentioned_runs']} | {_fmt(row['mention_rate'], True)}{_interval_suffix(row)} | "
+            f"{_fmt(row['share_of_voice'], True)} | "
             f"{_fmt(row['average_position'])} | {row['cited_runs']} |"
         )
     runs = payload["runs"]
@@ -174,3 +307,67 @@ def analytics_markdown(payload: dict[str, Any]) -> str:
     if payload.get("synthetic"):
         footer += " Synthetic data from the offline provider."
     return "\n".join(lines) + footer
+
+
+def analytics_history(org_id: str, snapshots: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Each company's per-cycle series of rates with their intervals, from (cycle_id, payload) pairs
+    oldest first. Snapshots from before the intervals existed get the mention rate's Wilson interval
+    from their counts; their share-of-voice interval stays null (it needs the runs)."""
+    series: dict[str, dict[str, Any]] = {}
+    for cycle_id, payload in snapshots:
+        for row in payload.get("companies", []):
+            name = inert_text(row["name"])
+            company = series.setdefault(name, {"name": name, "is_target": row["is_target"], "cycles": []})
+            mention_ci = row.get("mention_rate_ci", stats.wilson_interval(row["mentioned_runs"], row["runs"]))
+            company["cycles"].append(
+                {
+                    "cycle_id": cycle_id,
+                    "generated_at": payload.get("generated_at"),
+                    "analytics_version": payload.get("analytics_version"),
+                    "runs": row["runs"],
+                    "mentioned_runs": row["mentioned_runs"],
+                    "mention_rate": row["mention_rate"],
+                    "mention_rate_ci": mention_ci,
+                    "share_of_voice": row["share_of_voice"],
+                    "share_of_voice_ci": row.get("share_of_voice_ci"),
+                    "insufficient_data": row.get("insufficient_data"),
+                    "change": row.get("change"),
+                }
+            )
+    return {
+        "org_id": org_id,
+        "cycles": [cycle_id for cycle_id, _ in snapshots],
+        "companies": list(series.values()),
+    }
+
+
+def history_table(history: dict[str, Any]) -> str:
+    """analytics_history as a plain-text table, one line per company and cycle."""
+    header = ("Company", "Cycle", "Generated", "Runs", "Mention rate [95% CI]", "Share of voice [95% CI]", "")
+    lines: list[tuple[str, ...]] = [header]
+    for company in history["companies"]:
+        name = company["name"] + (" (target)" if company["is_target"] else "")
+        for point in company["cycles"]:
+            change = point["change"] or {}
+            lines.append(
+                (
+                    name,
+                    str(point["cycle_id"]),
+                    inert_text(point["generated_at"] or "")[:16].replace("T", " "),
+                    str(point["runs"]),
+                    f"{_fmt(point['mention_rate'], True)} {format_interval(point['mention_rate_ci'])}",
+                    f"{_fmt(point['share_of_voice'], True)} {format_interval(point['share_of_voice_ci'])}",
+                    " ".join(
+                        note
+                        for note in (
+                            "significant change" if change.get("significant") else "",
+                            "insufficient data" if point["insufficient_data"] else "",
+                        )
+                        if note
+                    ),
+                )
+            )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

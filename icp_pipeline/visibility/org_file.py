@@ -73,6 +73,8 @@ class OrgSpec(_Strict):
     locations: Annotated[list[str], Field(min_length=1)]
     questions: Annotated[list[QuestionSpec | str], Field(min_length=1)]
     schedule: Annotated[str, Field(max_length=200)] | None = None  # the org's cycle cron
+    # A company row on fewer runs than this is flagged `insufficient_data` in the analytics.
+    min_runs: Annotated[int, Field(ge=1, strict=True)] = 10
 
     @field_validator("id")
     @classmethod
@@ -185,6 +187,9 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
     if org.cycle_cron != spec.schedule:
         changes["updated"] += int(not changes["created"])
         org.cycle_cron = spec.schedule
+    if org.min_runs != spec.min_runs:  # before the digest check, like the schedule
+        changes["updated"] += int(not changes["created"])
+        org.min_runs = spec.min_runs
     digest = config_sha256(spec)
     if org.config_sha256 == digest:
         return changes

@@ -469,7 +469,7 @@ def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
 def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
     """Compute the org's analytics for its newest cycle and store them as that cycle's snapshot."""
     with session_scope(db_url) as session:
-        require_org(session, org_id)
+        org = require_org(session, org_id)
         cycle = latest_cycle(session, org_id)
         if cycle is None:
             raise StepError(f"org {org_id!r} has no cycle yet; run `icp-pipeline org run {org_id}`")
@@ -478,26 +478,37 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
                 select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
             )
         )
-        runs = list(
-            session.scalars(
-                select(QuestionRun)
-                .join(Question, Question.id == QuestionRun.question_id)
-                .join(OrgModel, OrgModel.id == QuestionRun.model_id)
-                .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
-                .where(
-                    QuestionRun.org_id == org_id,
-                    QuestionRun.is_latest,
-                    Question.active,
-                    OrgModel.active,
-                    OrgLocation.active,
-                )
-                .order_by(QuestionRun.id)
+        # Columns, not ORM objects: one query, no per-run lazy loads of the location or question.
+        runs = session.execute(
+            select(
+                QuestionRun.id,
+                QuestionRun.provider,
+                QuestionRun.requested_model,
+                OrgLocation.country_code,
+                Question.key,
+                QuestionRun.sample_index,
+                QuestionRun.synthetic,
             )
-        )
+            .join(Question, Question.id == QuestionRun.question_id)
+            .join(OrgModel, OrgModel.id == QuestionRun.model_id)
+            .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
+            .where(
+                QuestionRun.org_id == org_id,
+                QuestionRun.is_latest,
+                Question.active,
+                OrgModel.active,
+                OrgLocation.active,
+            )
+            .order_by(QuestionRun.id)
+        ).all()
         run_ids = [r.id for r in runs]
         facts = {
             r.id: analytics_lib.RunFacts(
-                run_id=r.id, model=f"{r.provider}/{r.requested_model}", location=r.location.country_code
+                run_id=r.id,
+                model=f"{r.provider}/{r.requested_model}",
+                location=r.country_code,
+                question=r.key,
+                sample_index=r.sample_index,
             )
             for r in runs
         }
@@ -539,6 +550,8 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
             runs=list(facts.values()),
             calls=calls,
             synthetic=any(r.synthetic for r in runs),
+            min_runs=org.min_runs,
+            previous=previous_payload(session, org_id, cycle.id),
         )
         snapshot = session.scalars(
             select(AnalyticsSnapshot).where(
@@ -553,6 +566,28 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
         snapshot.generated_at = datetime.now(UTC)
         session.flush()
         return snapshot
+
+
+def previous_payload(session: Session, org_id: str, cycle_id: int) -> dict[str, Any] | None:
+    """The analytics of the latest earlier cycle that has them, with its cycle id, or None."""
+    previous = session.scalars(
+        select(AnalyticsSnapshot)
+        .where(AnalyticsSnapshot.org_id == org_id, AnalyticsSnapshot.cycle_id < cycle_id)
+        .order_by(AnalyticsSnapshot.cycle_id.desc())
+        .limit(1)
+    ).first()
+    return None if previous is None else {**previous.payload, "cycle_id": previous.cycle_id}
+
+
+def snapshots(session: Session, org_id: str) -> list[AnalyticsSnapshot]:
+    """Every analytics snapshot of the org, oldest cycle first."""
+    return list(
+        session.scalars(
+            select(AnalyticsSnapshot)
+            .where(AnalyticsSnapshot.org_id == org_id)
+            .order_by(AnalyticsSnapshot.cycle_id)
+        )
+    )
 
 
 def latest_snapshot(session: Session, org_id: str) -> AnalyticsSnapshot | None:

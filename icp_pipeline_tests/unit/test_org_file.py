@@ -330,3 +330,27 @@ def test_the_answer_budget_is_stored_on_the_model(tmp_path: Path) -> None:
     with session_scope(url) as session:
         org = session.get(Org, data["id"])
         assert [m.max_output_tokens for m in org.models] == [6000] + [None] * (len(org.models) - 1)
+
+
+# --- min_runs: below it a company row is flagged insufficient_data --------------------------------
+
+
+def test_min_runs_defaults_to_ten() -> None:
+    assert parse_org_text(yaml.safe_dump(_base())).min_runs == 10
+    assert parse_org_text(yaml.safe_dump({**_base(), "min_runs": 1})).min_runs == 1
+
+
+@pytest.mark.parametrize("min_runs", [0, -3, "ten", 2.5, True])
+def test_bad_min_runs_names_the_field(min_runs: Any) -> None:
+    (problem,) = _error({**_base(), "min_runs": min_runs}).problems
+    assert problem.startswith("min_runs: ")
+
+
+def test_min_runs_is_stored_and_updated(app_db: str) -> None:
+    _load(app_db, _base())
+    with session_scope(app_db) as session:
+        assert session.get(Org, "acme").min_runs == 10
+    assert _load(app_db, {**_base(), "min_runs": 3})["updated"] == 1
+    with session_scope(app_db) as session:
+        assert session.get(Org, "acme").min_runs == 3
+    assert _load(app_db, {**_base(), "min_runs": 3}) == {"created": 0, "updated": 0, "deactivated": 0}
