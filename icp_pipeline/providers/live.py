@@ -139,9 +139,7 @@ _INHERITED: list[dict[tuple[Any, ...], Any]] = []
 def _after_fork_in_child() -> None:
     for cache in _CACHES:
         cache._after_fork_in_child()
-    # Pacing state belongs to the process that saw the 429s, and its lock may have been held by
-    # another thread at the fork: re-initialise it whole (lock included) rather than reset() it.
-    PACER.__init__()
+    # Pacing state is re-initialised by its own at-fork hook (resilience.py).
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,6 +1,7 @@
 """What the adapters share: time budgets, Retry-After parsing, backoff, adaptive pacing, key redaction."""
 
 import email.utils
+import os
 import random
 import threading
 import time
@@ -97,3 +98,6 @@ class Pacer:
 
 
 PACER = Pacer()
+# Pacing state belongs to the process that saw the 429s, and its lock may have been held by another
+# thread at a fork: a forked child re-initialises it whole (lock included) rather than reset() it.
+os.register_at_fork(after_in_child=PACER.__init__)

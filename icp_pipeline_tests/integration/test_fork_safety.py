@@ -5,10 +5,16 @@ so the parent's cached SDK client, with its kept-alive HTTP connection, exists i
 that one socket delivers responses to whichever process reads first: answers cross between requests.
 """
 
+import json
 import multiprocessing
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +32,7 @@ from icp_pipeline_tests.support.fake_providers import (
     text,
 )
 
+REPO_ROOT = Path(__file__).parents[2]
 KEY = "sk-fork-test-4d1f"
 FAILING = "token-3"
 TOKENS = [f"token-{i}" for i in range(1, 9)]
@@ -81,22 +88,47 @@ def served(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     PACER.reset()
 
 
+# The scenario runs in a fresh interpreter, as the CLI does: pytest's own process has, by this point of
+# a full run, threads and libraries (gRPC, database pools) from earlier tests that a fork would copy
+# mid-flight, which once hung a pool worker here. What is tested is the provider layer's fork safety.
+FORK_SCENARIO = """
+import json, multiprocessing, sys
+from icp_pipeline_tests.integration.test_fork_safety import CASES, TOKENS, _ask_in_child, ask
+case = next(c for c in CASES if c.provider == sys.argv[1])
+# The parent calls first: its client and a kept-alive connection now exist, as in the CLI.
+result = {"parent_before": ask(case, "token-0")}
+with multiprocessing.get_context("fork").Pool(4) as pool:
+    answers = pool.map_async(_ask_in_child, [(case, t) for t in TOKENS], chunksize=1).get(60)
+result["children"] = dict(answers)
+# The parent's own client still works after the children are gone.
+result["parent_after"] = ask(case, "token-9")
+print(json.dumps(result))
+"""
+
+
 def test_forked_children_each_get_the_answer_to_their_own_request(served) -> None:
     case, server = served
-    # The parent calls first: its client and a kept-alive connection now exist, as in the CLI.
-    assert ask(case, "token-0") == "answer for token-0"
-
-    pool = multiprocessing.get_context("fork").Pool(4)
+    process = subprocess.Popen(
+        [sys.executable, "-c", FORK_SCENARIO, case.provider],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its pool workers too are killed if it overruns
+    )
     try:
-        answers = dict(pool.map_async(_ask_in_child, [(case, t) for t in TOKENS], chunksize=1).get(60))
-    finally:
-        pool.terminate()
-        pool.join()
+        out, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the fork scenario did not end in 120 s: {err[-2000:]}")
+    assert process.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
 
+    assert result["parent_before"] == "answer for token-0"
     expected = {t: ("error 400" if t == FAILING else f"answer for {t}") for t in TOKENS}
-    assert answers == expected
-    # The parent's own client still works after the children are gone.
-    assert ask(case, "token-9") == "answer for token-9"
+    assert result["children"] == expected
+    assert result["parent_after"] == "answer for token-9"
     assert server.request_count == len(TOKENS) + 2
 
 
