@@ -48,6 +48,16 @@ class Org(Base):
     cycle_cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # The org file's `min_runs`: below it a company row is flagged insufficient_data.
     min_runs: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
+    # The org file's `samples`: how many times a cycle asks each question x model x location.
+    samples: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The org file's `min_completion`: the share of a cycle's items that must succeed before a push.
+    min_completion: Mapped[float] = mapped_column(Float, default=0.8, server_default="0.8")
+    # The org file's `budget_usd`: a cycle's spending limit; null means no limit.
+    budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The org file's `grader`: the one model that extracts claims and sentiment for every answer;
+    # null means each answer's own model grades it.
+    grader_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    grader_model: Mapped[str | None] = mapped_column(String(120), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -84,6 +94,8 @@ class OrgModel(Base):
     web_search: Mapped[bool] = mapped_column(Boolean, default=False)
     # The org file's models[].max_output_tokens: this model's answer budget; null = the default.
     max_output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The org file's models[].samples: this model's samples per combination; null = the org's.
+    samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
@@ -391,6 +403,25 @@ class RunFailure(Base):
     alert_status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed | off
     alert_attempts: Mapped[int] = mapped_column(Integer, default=0)
     alert_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class QualityAlert(Base):
+    """A failed quality gate of a cycle, posted to the alert webhook once per cycle and check."""
+
+    __tablename__ = "quality_alerts"
+    __table_args__ = (UniqueConstraint("cycle_id", "check_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id", ondelete="CASCADE"))
+    check_name: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(8))  # ERROR (blocking) | WARN
+    description: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed | off
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 # --- ICP segments ---------------------------------------------------------------------------------

@@ -49,14 +49,29 @@ MIN_ANSWER_TOKENS = 256
 MAX_ANSWER_TOKENS = 128_000
 
 
+# How many times a cycle may ask one question x model x location (`samples`, org-wide or per model).
+MAX_SAMPLES = 10
+Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES, strict=True)]
+ModelName = Annotated[str, Field(min_length=1, max_length=120)]  # org_models.model is String(120)
+
+
 class ModelSpec(_Strict):
     provider: Literal["openai", "anthropic", "gemini", "offline"]
-    model: NonEmpty
+    model: ModelName
     web_search: bool = False
+    # Unset: the org's `samples`.
+    samples: Samples | None = None
     # Unset: the provider layer's default for the model (larger with web search).
     max_output_tokens: (
         Annotated[int, Field(ge=MIN_ANSWER_TOKENS, le=MAX_ANSWER_TOKENS, strict=True)] | None
     ) = None
+
+
+class GraderSpec(_Strict):
+    """The one model that extracts claims and sentiment from every answer, whichever model answered."""
+
+    provider: Literal["openai", "anthropic", "gemini", "offline"]
+    model: ModelName
 
 
 class QuestionSpec(_Strict):
@@ -75,6 +90,14 @@ class OrgSpec(_Strict):
     schedule: Annotated[str, Field(max_length=200)] | None = None  # the org's cycle cron
     # A company row on fewer runs than this is flagged `insufficient_data` in the analytics.
     min_runs: Annotated[int, Field(ge=1, strict=True)] = 10
+    # Each question x model x location is asked this many times per cycle, each sample its own run.
+    samples: Samples = 1
+    # The quality gate: the share of a cycle's items that must succeed before its analytics are pushed.
+    min_completion: Annotated[float, Field(ge=0, le=1)] = 0.8
+    # A cycle's spending limit in USD; past it the remaining purchases fail with "budget exhausted".
+    budget_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    # Unset: each answer's own model extracts its claims (the behaviour before graders existed).
+    grader: GraderSpec | None = None
 
     @field_validator("id")
     @classmethod
@@ -187,9 +210,20 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
     if org.cycle_cron != spec.schedule:
         changes["updated"] += int(not changes["created"])
         org.cycle_cron = spec.schedule
-    if org.min_runs != spec.min_runs:  # before the digest check, like the schedule
-        changes["updated"] += int(not changes["created"])
-        org.min_runs = spec.min_runs
+    # Before the digest check, like the schedule: plain org settings that files loaded before their
+    # column existed may already carry.
+    settings = {
+        "min_runs": spec.min_runs,
+        "samples": spec.samples,
+        "min_completion": spec.min_completion,
+        "budget_usd": spec.budget_usd,
+        "grader_provider": spec.grader.provider if spec.grader else None,
+        "grader_model": spec.grader.model if spec.grader else None,
+    }
+    for name, value in settings.items():
+        if getattr(org, name) != value:
+            changes["updated"] += int(not changes["created"])
+            setattr(org, name, value)
     digest = config_sha256(spec)
     if org.config_sha256 == digest:
         return changes
@@ -236,6 +270,7 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
                 "model": m.model,
                 "web_search": m.web_search,
                 "max_output_tokens": m.max_output_tokens,
+                "samples": m.samples,
             }
             for m in spec.models
         },
