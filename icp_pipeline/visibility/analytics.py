@@ -4,15 +4,16 @@ Every company row carries its sample size and 95% intervals (see stats.py for th
 overall rows also carry the change since the previous cycle's snapshot.
 """
 
-import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from icp_pipeline.terminal import inert_text
 from icp_pipeline.visibility import stats
 
-ANALYTICS_VERSION = "analytics-2"
+# analytics-3: company rows carry company_id; grader, graders and mixed_graders.
+ANALYTICS_VERSION = "analytics-3"
 DEFAULT_MIN_RUNS = 10
 SIGNIFICANCE_LEVEL = 0.05
 
@@ -35,6 +36,17 @@ class RunFacts:
     claim_sentiments: list[tuple[int | None, str]] = field(default_factory=list)
     question: str = ""  # the question's key
     sample_index: int = 0
+
+
+@dataclass(frozen=True)
+class GraderUsage:
+    """A model whose claims are in the analytics: on how many runs, how many claims, and whether any
+    came from the offline provider (synthetic)."""
+
+    model: str  # provider/model
+    runs: int
+    claims: int
+    synthetic: bool
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ def company_stats(
         cited = sum(1 for r in runs if company.company_id in r.cited_companies)
         rows.append(
             {
+                "company_id": company.company_id,
                 "name": company.name,
                 "is_target": company.is_target,
                 "runs": len(runs),
@@ -236,9 +249,13 @@ def compute_analytics(
     synthetic: bool,
     min_runs: int = DEFAULT_MIN_RUNS,
     previous: dict[str, Any] | None = None,
+    grader: tuple[str, str] | None = None,
+    graders: list[GraderUsage] | None = None,
 ) -> dict[str, Any]:
     """The analytics payload. `previous` is the previous cycle's payload (the latest earlier cycle with
-    analytics), or None; each overall company row gets its `change` since it."""
+    analytics), or None; each overall company row gets its `change` since it. `grader` is the org's
+    configured grader (provider, model), None when each answering model grades its own answers;
+    `graders` are the models whose claims the sentiment figures count."""
     companies_rows = company_stats(companies, runs, min_runs)
     previous_rows = {row["name"]: row for row in (previous or {}).get("companies", [])}
     for row in companies_rows:
@@ -260,6 +277,14 @@ def compute_analytics(
         "citations": citation_stats(runs),
         "sentiment": sentiment_stats(companies, runs),
         "cost": cost_stats(calls),
+        "grader": None if grader is None else {"provider": grader[0], "model": grader[1]},
+        "graders": [
+            {"model": g.model, "runs": g.runs, "claims": g.claims, "synthetic": g.synthetic}
+            for g in sorted(graders or [], key=lambda g: g.model)
+        ],
+        # More than one model judged the claims: sentiment compared across answering models then mixes
+        # answer bias with grader bias.
+        "mixed_graders": len(graders or []) > 1,
     }
 
 
@@ -269,12 +294,6 @@ def _fmt(value: Any, percent: bool = False) -> str:
     if percent:
         return f"{value:.0%}"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-
-def inert_text(text: str) -> str:
-    """A name from an org file or a model, safe to print: control and format characters (escape
-    sequences, bidi overrides, ...) removed."""
-    return "".join(ch for ch in str(text) if unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def format_interval(interval: list[float] | None, percent: bool = True) -> str:
@@ -303,10 +322,21 @@ def analytics_markdown(payload: dict[str, Any]) -> str:
             f"{_fmt(row['average_position'])} | {row['cited_runs']} |"
         )
     runs = payload["runs"]
-    footer = f"\nRuns: {runs['completed']} completed, {runs['failed']} failed, {runs['total']} total."
+    # A blank line ends the table: a line right after it would render as one more row.
+    footer = f"\n\nRuns: {runs['completed']} completed, {runs['failed']} failed, {runs['total']} total."
     if payload.get("synthetic"):
         footer += " Synthetic data from the offline provider."
+    footer += grader_line(payload)
     return "\n".join(lines) + footer
+
+
+def grader_line(payload: dict[str, Any]) -> str:
+    """Which model judged the claims and sentiment; empty for snapshots from before graders."""
+    if "graders" not in payload:
+        return ""
+    used = ", ".join(inert_text(g["model"]) for g in payload["graders"]) or "none (no claims)"
+    how = "the org's grader" if payload.get("grader") else "each answering model graded its own answers"
+    return f"\nClaims and sentiment graded by: {used} ({how})."
 
 
 def analytics_history(org_id: str, snapshots: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:

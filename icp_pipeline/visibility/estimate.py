@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import CycleItem, ModelCall
+from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, Org
 from icp_pipeline.providers.pricing import Price, cost_usd
+from icp_pipeline.visibility.claims import claims_subject, grader_for, org_grader
 from icp_pipeline.visibility.cycles import TERMINAL, combinations
 from icp_pipeline.visibility.prompts import ANSWER_SYSTEM
 
@@ -89,11 +90,15 @@ def _answer_chars(question: str) -> int:
 
 
 def new_cycle_calls(session: Session, org_id: str) -> list[PlannedCall]:
-    """An answer and a claims call per active question x model x location."""
+    """An answer and a claims call (to the org's grader, else the answering model) per active
+    question x model x location."""
+    org = session.get(Org, org_id)
+    configured = org_grader(org.grader_provider, org.grader_model) if org else None
     calls = []
     for _key, question, model, _location in combinations(session, org_id):
         calls.append(PlannedCall("answer", model.provider, model.model, _answer_chars(question.text)))
-        calls.append(PlannedCall("claims", model.provider, model.model))
+        grader = grader_for(configured, model.provider, model.model)
+        calls.append(PlannedCall("claims", grader.provider, grader.model))
     return calls
 
 
@@ -109,11 +114,24 @@ def open_item_calls(session: Session, cycle_id: int) -> list[PlannedCall]:
             )
         ).tuples()
     )
+    # Claims are paid when the grader the org has now made them (another grader's do not count).
+    paid_subjects = set(
+        session.scalars(
+            select(ModelCall.subject).where(
+                ModelCall.cycle_item_id.in_([i.id for i in items]),
+                ModelCall.ok,
+                ModelCall.purpose == "claims",
+            )
+        )
+    )
+    org = session.get(Org, session.get(Cycle, cycle_id).org_id)
+    configured = org_grader(org.grader_provider, org.grader_model)
     calls = []
     for item in items:
         provider, model = item.model.provider, item.model.model
         if (item.id, "answer") not in paid:
             calls.append(PlannedCall("answer", provider, model, _answer_chars(item.question.text)))
-        if (item.id, "claims") not in paid:
-            calls.append(PlannedCall("claims", provider, model))
+        grader = grader_for(configured, provider, model)
+        if claims_subject(item.id, grader, provider, model) not in paid_subjects:
+            calls.append(PlannedCall("claims", grader.provider, grader.model))
     return calls

@@ -22,6 +22,7 @@ from icp_pipeline.db.models import (
     CycleItem,
     Mention,
     ModelCall,
+    Org,
     OrgLocation,
     OrgModel,
     Question,
@@ -45,7 +46,13 @@ from icp_pipeline.providers.factory import location_in_prompt
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.visibility import analytics as analytics_lib
 from icp_pipeline.visibility.citations import CITATIONS_VERSION, extract_citations
-from icp_pipeline.visibility.claims import CLAIMS_VERSION, ClaimExtraction
+from icp_pipeline.visibility.claims import (
+    CLAIMS_VERSION,
+    ClaimExtraction,
+    claims_subject,
+    grader_for,
+    org_grader,
+)
 from icp_pipeline.visibility.cycles import items_for_partition, latest_cycle, require_org, set_item_status
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION, CompanyTerms, find_mentions
 from icp_pipeline.visibility.metrics import METRICS_VERSION, compute_run_metrics
@@ -314,12 +321,15 @@ def _match_company(name: str, terms: list[CompanyTerms]) -> int | None:
 def extract_claims(
     db_url: str, partition_key: str, provider_for: ProviderFor, claimant: str | None = None
 ) -> dict[str, Any]:
-    """One structured-output purchase per run; a run whose claims are in the ledger (and still fit its
-    citations) is re-parsed, not re-bought. Two runs of one partition never both pay for them."""
+    """One structured-output purchase per run, from the org's grader (else the answering model); a run
+    whose claims that grader already made are in the ledger (and still fit its citations) is re-parsed,
+    not re-bought. Two runs of one partition never both pay for them."""
     claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
         runs = _runs(session, partition_key)
         terms = company_terms(session, runs[0].org_id)
+        org = session.get(Org, runs[0].org_id)
+        configured = org_grader(org.grader_provider, org.grader_model)
         plan = []
         for run in runs:
             cited = sorted(
@@ -327,16 +337,16 @@ def extract_claims(
                     select(Citation.url).where(Citation.question_run_id == run.id, Citation.cited)
                 )
             )
-            plan.append(
-                (run.id, run.cycle_item_id, run.provider, run.requested_model, run.answer_text or "", cited)
-            )
+            grader = grader_for(configured, run.provider, run.requested_model)
+            subject = claims_subject(run.cycle_item_id, grader, run.provider, run.requested_model)
+            plan.append((run.id, run.cycle_item_id, grader, subject, run.answer_text or "", cited))
     bought = reused = claims_total = 0
     sentiments: dict[str, int] = {"positive": 0, "neutral": 0, "negative": 0}
     names = [t.name for t in terms]
-    for run_id, item_id, provider, model, answer, cited in plan:
+    for run_id, item_id, grader, subject, answer, cited in plan:
         request = ModelRequest(
-            provider=provider,
-            model=model,
+            provider=grader.provider,
+            model=grader.model,
             prompt=claims_prompt(answer, names, cited),
             system=CLAIMS_SYSTEM,
             purpose="claims",
@@ -351,7 +361,7 @@ def extract_claims(
                 ClaimExtraction,
                 provider_for,
                 {"citations": set(cited)},
-                subject=purchase_subject("claims", item_id),
+                subject=subject,
                 claimant=claimant,
                 cycle_item_id=item_id,
             )
@@ -389,6 +399,7 @@ def extract_claims(
         "claims": claims_total,
         "model_calls": bought,
         "reused_calls": reused,
+        "graders": sorted({grader.label for _, _, grader, *_ in plan}),
         **sentiments,
     }
 
@@ -552,6 +563,10 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
             synthetic=any(r.synthetic for r in runs),
             min_runs=org.min_runs,
             previous=previous_payload(session, org_id, cycle.id),
+            grader=(org.grader_provider, org.grader_model)
+            if org_grader(org.grader_provider, org.grader_model)
+            else None,
+            graders=grader_usage(session, run_ids),
         )
         snapshot = session.scalars(
             select(AnalyticsSnapshot).where(
@@ -566,6 +581,34 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
         snapshot.generated_at = datetime.now(UTC)
         session.flush()
         return snapshot
+
+
+def grader_usage(session: Session, run_ids: list[int]) -> list[analytics_lib.GraderUsage]:
+    """The models that made the claims of these runs (each claim names its model call), per model:
+    runs, claims, and whether any was synthetic. Runs without claims have no sentiment to attribute."""
+    rows = session.execute(
+        select(
+            ModelCall.provider,
+            ModelCall.requested_model,
+            ModelCall.synthetic,
+            func.count(func.distinct(Claim.question_run_id)),
+            func.count(Claim.id),
+        )
+        .join(ModelCall, ModelCall.id == Claim.model_call_id)
+        .where(Claim.question_run_id.in_(run_ids))
+        .group_by(ModelCall.provider, ModelCall.requested_model, ModelCall.synthetic)
+    ).all()
+    usage: dict[str, analytics_lib.GraderUsage] = {}
+    for provider, model, synthetic, runs, claims in rows:
+        label = f"{provider}/{model}"
+        seen = usage.get(label)
+        usage[label] = analytics_lib.GraderUsage(
+            label,
+            runs + (seen.runs if seen else 0),
+            claims + (seen.claims if seen else 0),
+            bool(synthetic) or (seen.synthetic if seen else False),
+        )
+    return list(usage.values())
 
 
 def previous_payload(session: Session, org_id: str, cycle_id: int) -> dict[str, Any] | None:

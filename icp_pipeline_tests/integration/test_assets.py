@@ -115,8 +115,8 @@ def test_alias_change_is_recomputed_from_stored_answers_without_model_calls(
         mentioned = {m.company_id for m in session.scalars(sa.select(Mention))}
         optionly = session.scalar(sa.select(Company.id).where(Company.name == "Optionly"))
     assert optionly in mentioned
-    analytics = rollup.asset_materializations_for_node("org_analytics")[0].metadata["analytics"].value
-    assert "| Optionly |" in analytics
+    companies = rollup.asset_materializations_for_node("org_analytics")[0].metadata["companies"]
+    assert "Optionly" in [record.data["company"] for record in companies.records]
 
 
 @dataclass

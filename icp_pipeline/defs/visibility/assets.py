@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.defs.metadata import known
+from icp_pipeline.defs.metadata import ROW_COUNT, company_key, known, table, text
 from icp_pipeline.defs.resources import LLM_POOL, AppDatabase, ModelProviderResource, PushResource
 from icp_pipeline.defs.retries import (
     DB_RETRY,
@@ -22,8 +22,12 @@ from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.redaction import redact
 from icp_pipeline.settings import SecretFormatError, known_secrets
 from icp_pipeline.visibility import steps
-from icp_pipeline.visibility.analytics import analytics_markdown
+from icp_pipeline.visibility.analytics import ANALYTICS_VERSION
+from icp_pipeline.visibility.citations import CITATIONS_VERSION
+from icp_pipeline.visibility.claims import CLAIMS_VERSION
 from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
+from icp_pipeline.visibility.mentions import MENTIONS_VERSION
+from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.push import PushFailed, push_snapshot
 
 QUESTION_RUNS_GROUP = "question_runs"
@@ -85,7 +89,7 @@ def ai_answer(
                 "latency_ms": summary["latency_ms"],
                 "response_model": summary["response_model"],
                 "synthetic": summary["synthetic"],
-                "answer_preview": dg.MetadataValue.md(summary["answer_preview"] or "(empty)"),
+                "answer_preview": text(summary["answer_preview"]),
             }
         )
     )
@@ -109,7 +113,7 @@ def question_run(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
                 "cost_usd": summary["cost_usd"],
                 "latency_ms": summary["latency_ms"],
                 "synthetic": summary["synthetic"],
-                "answer_preview": dg.MetadataValue.md(summary["answer_preview"] or "(empty)"),
+                "answer_preview": text(summary["answer_preview"]),
             }
         )
     )
@@ -120,12 +124,14 @@ def question_run(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
     kinds={"python", "sql"},
     deps=[question_run],
     retry_policy=DB_RETRY,
+    code_version=MENTIONS_VERSION,
 )
 def run_mentions(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
     with question_run_step(context, app_db, "run_mentions", DB_RETRY):
         summary = steps.extract_mentions(app_db.resolved_url, context.partition_key)
     return dg.MaterializeResult(
         metadata={
+            ROW_COUNT: summary["mentions"],
             "mentions": summary["mentions"],
             "companies_mentioned": len(summary["by_company"]),
             "mentions_by_company": dg.MetadataValue.json(summary["by_company"]),
@@ -138,12 +144,14 @@ def run_mentions(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
     kinds={"python", "sql"},
     deps=[question_run],
     retry_policy=DB_RETRY,
+    code_version=CITATIONS_VERSION,
 )
 def run_citations(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
     with question_run_step(context, app_db, "run_citations", DB_RETRY):
         summary = steps.extract_run_citations(app_db.resolved_url, context.partition_key)
     return dg.MaterializeResult(
         metadata={
+            ROW_COUNT: summary["citations"] + summary["retrieved_not_cited"],
             "citations": summary["citations"],
             "retrieved_not_cited": summary["retrieved_not_cited"],
             "domains": dg.MetadataValue.json(summary["domains"]),
@@ -152,11 +160,12 @@ def run_citations(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
 
 
 @_question_run_asset(
-    description="Extracts claims about companies with one structured-output model call per run.",
+    description="Extracts claims about companies with one structured-output call per run to the org's grader.",
     kinds={"python", "llm"},
     deps=[question_run, run_citations],
     pool=LLM_POOL,
     retry_policy=MODEL_RETRY,
+    code_version=CLAIMS_VERSION,
 )
 def run_claims(
     context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
@@ -167,9 +176,11 @@ def run_claims(
         )
     return dg.MaterializeResult(
         metadata={
+            ROW_COUNT: summary["claims"],
             "claims": summary["claims"],
             "model_calls": summary["model_calls"],
             "reused_calls": summary["reused_calls"],
+            "graders": dg.MetadataValue.json(summary["graders"]),
             "positive": summary["positive"],
             "neutral": summary["neutral"],
             "negative": summary["negative"],
@@ -182,6 +193,7 @@ def run_claims(
     kinds={"python", "sql"},
     deps=[run_mentions, run_citations, run_claims],
     retry_policy=DB_RETRY,
+    code_version=METRICS_VERSION,
 )
 def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
     with question_run_step(context, app_db, "competitive_metrics", DB_RETRY):
@@ -243,14 +255,17 @@ def latest_runs(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.Ma
     kinds={"python", "sql"},
     deps=[latest_runs],
     retry_policy=DB_RETRY,
+    code_version=ANALYTICS_VERSION,
 )
 def org_analytics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
     snapshot = steps.build_analytics(app_db.resolved_url, context.partition_key)
     payload = snapshot.payload
     target = next((c for c in payload["companies"] if c["is_target"]), None)
+    grader = payload["grader"]
     return dg.MaterializeResult(
         metadata=known(
             {
+                **company_numbers(payload["companies"]),
                 "cycle_id": payload["cycle_id"],
                 "runs_completed": payload["runs"]["completed"],
                 "runs_failed": payload["runs"]["failed"],
@@ -259,10 +274,89 @@ def org_analytics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
                 "target_share_of_voice": target["share_of_voice"] if target else None,
                 "cost_usd": payload["cost"]["total"]["usd"],
                 "synthetic": payload["synthetic"],
-                "analytics": dg.MetadataValue.md(analytics_markdown(payload)),
+                "companies": companies_table(payload),
+                # File-supplied model names: text, never markdown.
+                "grader": text(
+                    f"{grader['provider']}/{grader['model']}"
+                    if grader
+                    else "each answering model graded its own answers"
+                ),
+                "graders": dg.MetadataValue.json(payload["graders"]),
+                "mixed_graders": payload["mixed_graders"],
             }
         )
     )
+
+
+def _bound(interval: list[float] | None, index: int) -> float | None:
+    return None if interval is None else interval[index]
+
+
+def company_numbers(rows: list[dict[str, Any]]) -> dict[str, dg.MetadataValue]:
+    """Per company floats, so the UI plots each over the cycles: `<company key>/mention_rate`, its
+    95% interval bounds and share of voice. Keys come from company ids (see company_key), never from
+    bare names. An unknown value (no runs) is left out rather than shown as 0."""
+    numbers = {}
+    for row in rows:
+        key = company_key(row["company_id"], row["name"])
+        values = {
+            "mention_rate": row["mention_rate"],
+            "mention_rate_ci_low": _bound(row["mention_rate_ci"], 0),
+            "mention_rate_ci_high": _bound(row["mention_rate_ci"], 1),
+            "share_of_voice": row["share_of_voice"],
+        }
+        numbers.update(
+            {f"{key}/{name}": dg.MetadataValue.float(float(v)) for name, v in values.items() if v is not None}
+        )
+    return numbers
+
+
+COMPANY_COLUMNS = [
+    ("company_id", "int", "The company's id in the app database"),
+    ("company", "string", "The name from the org file, as given"),
+    ("target", "bool", "The org's own company"),
+    ("runs", "int", "Latest runs counted"),
+    ("mentioned_runs", "int", "Runs whose answer mentions the company"),
+    ("mention_rate", "float", "mentioned_runs / runs"),
+    ("mention_rate_ci_low", "float", "95% Wilson interval, lower bound"),
+    ("mention_rate_ci_high", "float", "95% Wilson interval, upper bound"),
+    ("share_of_voice", "float", "The company's share of all company mentions"),
+    ("share_of_voice_ci_low", "float", "95% bootstrap interval, lower bound"),
+    ("share_of_voice_ci_high", "float", "95% bootstrap interval, upper bound"),
+    ("average_position", "float", "Mean order of first mention, 1 = first"),
+    ("cited_runs", "int", "Runs citing one of the company's domains"),
+    ("insufficient_data", "bool", "Fewer runs than the org's min_runs"),
+    ("claims", "int", "Claims about the company (see grader)"),
+    ("positive", "int", "Positive claims"),
+    ("neutral", "int", "Neutral claims"),
+    ("negative", "int", "Negative claims"),
+    ("net_sentiment", "float", "(positive - negative) / claims"),
+]
+
+
+def companies_table(payload: dict[str, Any]) -> dg.TableMetadataValue:
+    """The companies as table data: a name with markup or pipes stays one cell, shown as it is."""
+    sentiment = {row["name"]: row for row in payload["sentiment"]}
+    rows = []
+    for row in payload["companies"]:
+        feeling = sentiment.get(row["name"], {})
+        rows.append(
+            {
+                **row,
+                "company": row["name"],
+                "target": row["is_target"],
+                "mention_rate_ci_low": _bound(row["mention_rate_ci"], 0),
+                "mention_rate_ci_high": _bound(row["mention_rate_ci"], 1),
+                "share_of_voice_ci_low": _bound(row["share_of_voice_ci"], 0),
+                "share_of_voice_ci_high": _bound(row["share_of_voice_ci"], 1),
+                "claims": feeling.get("claims"),
+                "positive": feeling.get("positive"),
+                "neutral": feeling.get("neutral"),
+                "negative": feeling.get("negative"),
+                "net_sentiment": feeling.get("net"),
+            }
+        )
+    return table(COMPANY_COLUMNS, rows)
 
 
 @dg.asset(
