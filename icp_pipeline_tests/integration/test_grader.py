@@ -11,7 +11,7 @@ from icp_pipeline.db.models import Citation, Claim, Mention, ModelCall, Org, Que
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import AppDatabase, ModelProviderResource, PushResource
 from icp_pipeline.defs.visibility import assets as va
-from icp_pipeline.visibility import steps
+from icp_pipeline.visibility import estimate, steps
 from icp_pipeline.visibility.analytics import ANALYTICS_VERSION
 from icp_pipeline.visibility.citations import CITATIONS_VERSION
 from icp_pipeline.visibility.claims import CLAIMS_VERSION
@@ -97,6 +97,18 @@ def test_the_grader_buys_the_claims_of_every_answering_model_once(sqlite_app: st
         ("anthropic", "claude-haiku-4-5"),
         ("gemini", "gemini-2.5-flash"),
     }
+
+    # What `org run` says it will buy: claims from the grader, at the grader's price.
+    with session_scope(sqlite_app) as session:
+        cycle_id = session.scalar(sa.select(QuestionRun.cycle_id))
+        still_open = estimate.open_item_calls(session, cycle_id)
+        next_cycle = estimate.new_cycle_calls(session, "acme")
+    assert [(c.purpose, c.provider, c.model) for c in still_open] == [("claims", *SONNET.values())] * 3
+    assert (
+        sorted((c.provider, c.model) for c in next_cycle if c.purpose == "claims")
+        == [tuple(SONNET.values())] * 3
+    )
+    assert estimate.estimate(still_open, lambda *_: True).unpriced == set()
 
     assert grade_all(sqlite_app, keys) == {"model_calls": 3, "reused_calls": 0}
     calls = claims_calls(sqlite_app)

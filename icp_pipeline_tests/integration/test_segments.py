@@ -142,7 +142,17 @@ def test_segments_are_generated_registered_and_not_rebought(site: str) -> None:
     assert count(site, ModelCall, ModelCall.purpose == "site_summary") == 1
     assert count(site, SegmentResult) == 5
     event = DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("site_icp_summary"))
-    assert event.asset_materialization.metadata["reused"].value is True
+    metadata = event.asset_materialization.metadata
+    assert metadata["reused"].value is True
+    # Segment names and model text reach the UI as data and text, never markdown.
+    assert not any(isinstance(value, dg.MarkdownMetadataValue) for value in metadata.values())
+    assert isinstance(metadata["summary"], dg.TextMetadataValue)
+    segments = metadata["segments"]
+    assert isinstance(segments, dg.TableMetadataValue)
+    assert {record.data["segment_id"] for record in segments.records} == {
+        row["segment_id"] for row in outcome.table
+    }
+    assert {record.data["name"] for record in segments.records} == {row["name"] for row in outcome.table}
 
     # A rebuild asks again, even with unchanged inputs.
     build_site("acme", BuildOptions("openai", "gpt-4o-mini", rebuild=True), progress=False, defs=defs)

@@ -161,8 +161,9 @@ def site_icp_summary(
         "ranking": dg.MetadataValue.json(
             [{"rank": r["rank"], "segment_id": r["segment_id"], "fit_score": r["fit_score"]} for r in ranking]
         ),
+        "narrative": comparison.get("narrative"),  # whether the model's narrative is in
         # Model text: inert text, never markdown.
-        "narrative": text(comparison["narrative"]) if comparison.get("narrative") else None,
+        "summary": text(comparison.get("summary")),
         "warnings": dg.MetadataValue.json(comparison.get("warnings", [])),
         "inputs_sha256": comparison.get("inputs_sha256"),
         "cost_usd": summary["cost_usd"],
