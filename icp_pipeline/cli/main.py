@@ -192,8 +192,11 @@ def cmd_site_build(args: argparse.Namespace) -> int:
     if outcome.table:
         print(summary_markdown(outcome.table))
     if outcome.summary:
+        from icp_pipeline.terminal import inert_lines, inert_text
+
         ranking = ", ".join(f"{r['rank']}. {r['segment_id']}" for r in outcome.summary["ranking"])
-        print(f"\nRanking: {ranking}\n{outcome.summary['summary']}")
+        # The summary is model text: printed without control characters.
+        print(f"\nRanking: {inert_text(ranking)}\n{inert_lines(outcome.summary['summary'])}")
     print(f"site {outcome.site_id}: {outcome.succeeded} segments succeeded, {outcome.failed} failed")
     if not outcome.summary_ok:
         return _fail(outcome.message)
