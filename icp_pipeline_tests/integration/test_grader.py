@@ -4,11 +4,12 @@ tables as tables, model text and file-supplied names as inert data (never markdo
 from typing import Any
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 import yaml
 
 from icp_pipeline.db.models import Citation, Claim, Mention, ModelCall, Org, QuestionRun
-from icp_pipeline.db.session import session_scope
+from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.defs.resources import AppDatabase, ModelProviderResource, PushResource
 from icp_pipeline.defs.visibility import assets as va
 from icp_pipeline.visibility import estimate, steps
@@ -19,11 +20,24 @@ from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION
 from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.conftest import EXAMPLE_ORG, load_example
 from icp_pipeline_tests.support.pipeline import count
 
 EVIL = "Pipe | Corp ![c](https://evil.example/company.png)"
 SONNET = {"provider": "anthropic", "model": "claude-sonnet-4-5"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def app_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The app database with the example org, on SQLite and on PostgreSQL (the grader query is SQL)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_app")
+    request.getfixturevalue("icp_env")
+    url = request.getfixturevalue("postgres_databases")()
+    monkeypatch.setenv("ICP_DATABASE_URL", url)
+    upgrade(url)
+    load_example(url)
+    return url
 
 
 def load_org(db_url: str, grader: dict | None = None, models: int = 3, evil: bool = False) -> list[str]:
@@ -87,10 +101,10 @@ def claims_calls(db_url: str) -> list[tuple[str, str, str, int]]:
         ]
 
 
-def test_the_grader_buys_the_claims_of_every_answering_model_once(sqlite_app: str) -> None:
-    keys = load_org(sqlite_app, grader=SONNET)
-    answer_all(sqlite_app, keys)
-    with session_scope(sqlite_app) as session:
+def test_the_grader_buys_the_claims_of_every_answering_model_once(app_url: str) -> None:
+    keys = load_org(app_url, grader=SONNET)
+    answer_all(app_url, keys)
+    with session_scope(app_url) as session:
         answered_by = set(session.execute(sa.select(QuestionRun.provider, QuestionRun.requested_model)))
     assert answered_by == {
         ("openai", "gpt-4o-mini"),
@@ -99,7 +113,7 @@ def test_the_grader_buys_the_claims_of_every_answering_model_once(sqlite_app: st
     }
 
     # What `org run` says it will buy: claims from the grader, at the grader's price.
-    with session_scope(sqlite_app) as session:
+    with session_scope(app_url) as session:
         cycle_id = session.scalar(sa.select(QuestionRun.cycle_id))
         still_open = estimate.open_item_calls(session, cycle_id)
         next_cycle = estimate.new_cycle_calls(session, "acme")
@@ -110,14 +124,14 @@ def test_the_grader_buys_the_claims_of_every_answering_model_once(sqlite_app: st
     )
     assert estimate.estimate(still_open, lambda *_: True).unpriced == set()
 
-    assert grade_all(sqlite_app, keys) == {"model_calls": 3, "reused_calls": 0}
-    calls = claims_calls(sqlite_app)
+    assert grade_all(app_url, keys) == {"model_calls": 3, "reused_calls": 0}
+    calls = claims_calls(app_url)
     # Bought from the grader (offline here: no API key, mode auto), one purchase per run, none under the
     # self-graded subject `claims:<item>`.
     assert {(provider, model) for provider, model, _, _ in calls} == {("anthropic", "claude-sonnet-4-5")}
     assert len({subject for _, _, subject, _ in calls}) == 3
     assert all(subject != f"claims:{item}" for _, _, subject, item in calls)
-    with session_scope(sqlite_app) as session:
+    with session_scope(app_url) as session:
         graders = set(
             session.execute(
                 sa.select(ModelCall.requested_model).join(Claim, Claim.model_call_id == ModelCall.id)
@@ -127,39 +141,39 @@ def test_the_grader_buys_the_claims_of_every_answering_model_once(sqlite_app: st
     assert graders == {"claude-sonnet-4-5"}
 
     # Again: the ledger answers, nothing is bought.
-    assert grade_all(sqlite_app, keys) == {"model_calls": 0, "reused_calls": 3}
-    assert claims_calls(sqlite_app) == calls
+    assert grade_all(app_url, keys) == {"model_calls": 0, "reused_calls": 3}
+    assert claims_calls(app_url) == calls
 
-    steps.mark_latest(sqlite_app, "acme")
-    payload = steps.build_analytics(sqlite_app, "acme").payload
+    steps.mark_latest(app_url, "acme")
+    payload = steps.build_analytics(app_url, "acme").payload
     assert payload["grader"] == SONNET
     assert [g["model"] for g in payload["graders"]] == ["anthropic/claude-sonnet-4-5"]
     assert payload["graders"][0]["synthetic"] is True and payload["mixed_graders"] is False
 
 
-def test_changing_the_grader_buys_only_what_the_new_grader_has_not_made(sqlite_app: str) -> None:
-    keys = load_org(sqlite_app)
-    answer_all(sqlite_app, keys)
-    assert grade_all(sqlite_app, keys)["model_calls"] == 3  # each answering model grades itself
-    self_graded = claims_calls(sqlite_app)
+def test_changing_the_grader_buys_only_what_the_new_grader_has_not_made(app_url: str) -> None:
+    keys = load_org(app_url)
+    answer_all(app_url, keys)
+    assert grade_all(app_url, keys)["model_calls"] == 3  # each answering model grades itself
+    self_graded = claims_calls(app_url)
     assert all(subject == f"claims:{item}" for _, _, subject, item in self_graded)
-    steps.mark_latest(sqlite_app, "acme")
-    mixed = steps.build_analytics(sqlite_app, "acme").payload
+    steps.mark_latest(app_url, "acme")
+    mixed = steps.build_analytics(app_url, "acme").payload
     assert mixed["grader"] is None and mixed["mixed_graders"] is True
 
     # gpt-4o-mini grades everything: its own run's claims are already its own; two runs are bought.
-    set_grader(sqlite_app, {"provider": "openai", "model": "gpt-4o-mini"})
-    assert grade_all(sqlite_app, keys) == {"model_calls": 2, "reused_calls": 1}
-    new = claims_calls(sqlite_app)[3:]
+    set_grader(app_url, {"provider": "openai", "model": "gpt-4o-mini"})
+    assert grade_all(app_url, keys) == {"model_calls": 2, "reused_calls": 1}
+    new = claims_calls(app_url)[3:]
     assert {(provider, model) for provider, model, _, _ in new} == {("openai", "gpt-4o-mini")}
-    payload = steps.build_analytics(sqlite_app, "acme").payload
+    payload = steps.build_analytics(app_url, "acme").payload
     assert [g["model"] for g in payload["graders"]] == ["openai/gpt-4o-mini"]
     assert payload["mixed_graders"] is False
 
     # Back to no grader: the self-graded purchases are still in the ledger and reused.
-    set_grader(sqlite_app, None)
-    assert grade_all(sqlite_app, keys) == {"model_calls": 0, "reused_calls": 3}
-    assert len(claims_calls(sqlite_app)) == 5
+    set_grader(app_url, None)
+    assert grade_all(app_url, keys) == {"model_calls": 0, "reused_calls": 3}
+    assert len(claims_calls(app_url)) == 5
 
 
 def _resources(db_url: str) -> dict[str, Any]:
