@@ -552,6 +552,7 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
                 .where(CycleItem.cycle_id == cycle.id, ModelCall.paid)
             )
         ]
+        grader = org_grader(org.grader_provider, org.grader_model)
         payload = analytics_lib.compute_analytics(
             org_id=org_id,
             cycle_id=cycle.id,
@@ -563,9 +564,7 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
             synthetic=any(r.synthetic for r in runs),
             min_runs=org.min_runs,
             previous=previous_payload(session, org_id, cycle.id),
-            grader=(org.grader_provider, org.grader_model)
-            if org_grader(org.grader_provider, org.grader_model)
-            else None,
+            grader=(grader.provider, grader.model) if grader else None,
             graders=grader_usage(session, run_ids),
         )
         snapshot = session.scalars(
