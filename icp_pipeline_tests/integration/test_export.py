@@ -17,7 +17,7 @@ import yaml
 from icp_pipeline.cli.main import main
 from icp_pipeline.cli.runner import run_cycle
 from icp_pipeline.db.models import AnalyticsSnapshot, QuestionRun
-from icp_pipeline.db.session import session_scope
+from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.visibility import export, stats
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
@@ -249,10 +249,23 @@ def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, m
                 assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in row), path.name
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def app_db(request, icp_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated app database, SQLite or PostgreSQL (where the export reads in one REPEATABLE READ
+    transaction through server-side cursors)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{icp_env / 'app.db'}"
+    else:
+        url = request.getfixturevalue("postgres_databases")()
+    monkeypatch.setenv("ICP_DATABASE_URL", url)
+    upgrade(url)
+    return url
+
+
 def test_export_errors_name_the_problem_and_an_org_without_cycles_exports_empty_tables(
-    sqlite_app: str, capsys, tmp_path: Path
+    app_db: str, capsys, tmp_path: Path
 ) -> None:
-    with session_scope(sqlite_app) as session:
+    with session_scope(app_db) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(BI_ORG)))
     assert main(["org", "export", "nope", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
@@ -277,7 +290,7 @@ def test_export_errors_name_the_problem_and_an_org_without_cycles_exports_empty_
 
     # Two samples of one partition are two runs with one partition key; a cycle without analytics has
     # no rates yet.
-    with session_scope(sqlite_app) as session:
+    with session_scope(app_db) as session:
         cycle, _created = open_cycle(session, "bi", samples_per_item=2)
         key = cycle.items[0].partition_key
         for item in (i for i in cycle.items if i.partition_key == key):
