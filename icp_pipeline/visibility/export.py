@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import (
@@ -353,7 +353,9 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def _stream(session: Session, statement: Select) -> Iterator[Any]:
-    yield from session.execute(statement, execution_options={"yield_per": BATCH_ROWS})
+    """Rows as plain tuples through Core (no ORM row processing), fetched BATCH_ROWS at a time (a
+    server-side cursor on PostgreSQL). Naive times (SQLite) are UTC; the writers treat them so."""
+    yield from session.connection().execute(statement, execution_options={"yield_per": BATCH_ROWS})
 
 
 @dataclass
@@ -439,6 +441,8 @@ def _run_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
             Question.text,
             Question.active,
             qr.model_id,
+            # The keys and the run selection of steps.build_analytics, computed the same way.
+            (qr.provider + "/" + qr.requested_model).label("model_key"),
             qr.provider,
             qr.requested_model,
             qr.response_model,
@@ -453,6 +457,7 @@ def _run_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
             qr.status,
             qr.error,
             qr.is_latest,
+            and_(qr.is_latest, Question.active, OrgModel.active, OrgLocation.active).label("in_analytics"),
             qr.input_tokens,
             qr.output_tokens,
             qr.cost_usd,
@@ -472,21 +477,7 @@ def _run_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
         .outerjoin(ModelCall, ModelCall.id == qr.answer_call_id)
         .order_by(qr.id)
     )
-    for r in _stream(session, statement):
-        yield (
-            *r[:11],
-            f"{r.provider}/{r.requested_model}",  # the key build_analytics groups by_model with
-            *r[11:24],
-            r.is_latest,
-            # build_analytics counts exactly these runs (see steps.build_analytics).
-            bool(r.is_latest and r[9] and r[15] and r[18]),
-            *r[25:32],
-            _utc(r.created_at),
-            _utc(r.updated_at),
-            _utc(r.completed_at),
-            r.prompt,
-            r.answer_text,
-        )
+    return _stream(session, statement)
 
 
 def _mention_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
@@ -507,7 +498,7 @@ def _mention_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
         .join(Company, Company.id == Mention.company_id)
         .order_by(Mention.question_run_id, Mention.id)
     )
-    yield from (tuple(r) for r in _stream(session, statement))
+    return _stream(session, statement)
 
 
 def _citation_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
@@ -527,7 +518,7 @@ def _citation_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
         .join(QuestionRun, QuestionRun.id == Citation.question_run_id)
         .order_by(Citation.question_run_id, Citation.id)
     )
-    yield from (tuple(r) for r in _stream(session, statement))
+    return _stream(session, statement)
 
 
 def _claim_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
@@ -577,7 +568,7 @@ def _metric_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
         .join(Company, Company.id == cm.company_id)
         .order_by(cm.question_run_id, cm.company_id)
     )
-    yield from (tuple(r) for r in _stream(session, statement))
+    return _stream(session, statement)
 
 
 def _interval(row: dict[str, Any], name: str) -> tuple[float | None, float | None]:
@@ -707,32 +698,47 @@ def csv_unescape(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def _csv_cell(value: Any, column: Column) -> str:
-    if value is None:
+def _bool_cell(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _float_cell(value: Any) -> str:
+    return repr(float(value))  # the shortest text that reads back as the same double
+
+
+def _time_cell(value: Any) -> str:
+    return _utc(value).isoformat()
+
+
+def _text_cell(value: Any) -> str:
+    return csv_safe(str(value))
+
+
+def _csv_formatter(spec: TableSpec, column: Column) -> Callable[[Any], str]:
+    """The cell writer of one column, chosen once per table (comparing Arrow types per cell is slow)."""
+    kind = {str(BOOL): _bool_cell, str(FLOAT): _float_cell, str(TIME): _time_cell, str(TEXT): _text_cell}
+    format_value = kind.get(str(column.type), str)
+
+    def cell(value: Any) -> str:
+        if value is not None:
+            return format_value(value)
+        if not column.nullable:
+            raise ExportError(f"{spec.name}.{column.name}: null in a non-nullable column")
         return ""
-    if column.type == BOOL:
-        return "true" if value else "false"
-    if column.type == FLOAT:
-        return repr(float(value))  # the shortest text that reads back as the same double
-    if column.type == TIME:
-        return value.isoformat()
-    if column.type == TEXT:
-        return csv_safe(str(value))
-    return str(value)
+
+    return cell
 
 
 def _write_csv(spec: TableSpec, rows: Iterable[tuple], path: Path) -> int:
+    formatters = [_csv_formatter(spec, c) for c in spec.columns]
     count = 0
     with path.open("w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow([c.name for c in spec.columns])
         for row in rows:
-            if len(row) != len(spec.columns):
-                raise ExportError(f"{spec.name}: {len(row)} values for {len(spec.columns)} columns")
-            for column, value in zip(spec.columns, row, strict=True):
-                if value is None and not column.nullable:
-                    raise ExportError(f"{spec.name}.{column.name}: null in a non-nullable column")
-            writer.writerow([_csv_cell(v, c) for v, c in zip(row, spec.columns, strict=True)])
+            if len(row) != len(formatters):
+                raise ExportError(f"{spec.name}: {len(row)} values for {len(formatters)} columns")
+            writer.writerow([format_cell(v) for format_cell, v in zip(formatters, row, strict=True)])
             count += 1
         stream.flush()
         os.fsync(stream.fileno())
