@@ -39,6 +39,7 @@ BI_ORG = {
     "locations": ["US"],
     "questions": [
         "What is the best product analytics tool for a startup?",
+        "Which analytics platform has the best pricing for small teams?",
         FORMULA_QUESTION,
     ],
     "min_runs": 3,
@@ -47,11 +48,11 @@ BI_ORG = {
 
 @pytest.fixture
 def exported(sqlite_app: str, tmp_path: Path) -> dict[str, Any]:
-    """One cycle of BI_ORG (2 models x 2 questions x 1 location = 4 runs); where to export it."""
+    """One cycle of BI_ORG (2 models x 3 questions x 1 location = 6 runs); where to export it."""
     with session_scope(sqlite_app) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(BI_ORG)))
     outcome = run_cycle("bi", workers=3, progress=False, defs=pipeline_defs(sqlite_app))
-    assert (outcome.status, outcome.completed, outcome.failed) == ("succeeded", 4, 0)
+    assert (outcome.status, outcome.completed, outcome.failed) == ("succeeded", 6, 0)
     with session_scope(sqlite_app) as session:
         payload = session.scalars(
             sa.select(AnalyticsSnapshot.payload).where(AnalyticsSnapshot.org_id == "bi")
@@ -151,13 +152,13 @@ FIELDS = (
 
 def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, monkeypatch) -> None:
     payload, cycle_id = exported["payload"], exported["cycle_id"]
-    monkeypatch.setattr(export, "BATCH_ROWS", 3)  # 4 runs: streamed and written in two batches
+    monkeypatch.setattr(export, "BATCH_ROWS", 4)  # 6 runs: streamed and written in two batches
     for fmt in ("parquet", "csv"):
         code = main(["org", "export", "bi", "--format", fmt, "--out", str(exported[fmt])])
         out = capsys.readouterr().out
         assert code == 0
         assert f"org bi: exported cycles {cycle_id} as {fmt}" in out
-        assert f"runs.{fmt}: 4 rows" in out
+        assert f"runs.{fmt}: 6 rows" in out
         assert not list(exported[fmt].glob(".*.tmp"))  # every temporary file was renamed into place
         umask = os.umask(0)
         os.umask(umask)
@@ -170,7 +171,7 @@ def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, m
     mentions = parquet_rows(folder, "mentions")
     rates = parquet_rows(folder, "company_rates")
 
-    assert len(runs) == 4 and len({r["run_id"] for r in runs}) == 4
+    assert len(runs) == 6 and len({r["run_id"] for r in runs}) == 6
     assert {r["org_id"] for r in runs} == {"bi"}  # the example org loaded next to it stays out
     assert all(r["in_latest_analytics"] for r in runs)
     # The mentions table and the per-run flags agree on who was named where.
@@ -193,8 +194,10 @@ def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, m
     )
     for key, rows in payload["by_model"].items():
         assert [{f: row[f] for f in FIELDS} for row in rows] == by_model[key]
-    # Not a trivial payload: some rate lies strictly between 0 and 1.
+    # Not a trivial payload: rates strictly between 0 and 1, and companies that differ, so a row given
+    # to the wrong company or model would show.
     assert any(0 < row["mention_rate"] < 1 for rows in payload["by_model"].values() for row in rows)
+    assert len({(row["mentioned_runs"], row["cited_runs"]) for row in payload["companies"]}) > 1
 
     # company_rates is the payload flattened, with the share-of-voice denominator alongside.
     overall_rates = [r for r in rates if r["scope"] == "overall"]
@@ -211,7 +214,7 @@ def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, m
         assert round(rate["mentioned_runs"] / rate["share_of_voice_denominator"], 6) == row["share_of_voice"]
     assert {r["scope"] for r in rates} == {"overall", "by_model", "by_location", "by_question"}
     by_question = [r for r in rates if r["scope"] == "by_question"]
-    assert len(by_question) == 2 * 3 and all(r["stability_combinations"] == 2 for r in by_question)
+    assert len(by_question) == 3 * 3 and all(r["stability_combinations"] == 2 for r in by_question)
 
     # Both formats hold the same rows, value for value (CSV typed by schema.json).
     document = json.loads((exported["csv"] / "schema.json").read_text(encoding="utf-8"))
@@ -317,6 +320,6 @@ def test_export_errors_name_the_problem_and_an_org_without_cycles_exports_empty_
     assert {r["answer_text"] for r in runs} == {"-1 +1 =2 answers stay data"}
     assert not any(r["in_latest_analytics"] for r in runs)
     assert [(c["cycle_id"], c["has_analytics"], c["items_total"]) for c in csv_rows(out, "cycles")] == [
-        (cycle_id, False, 8)
+        (cycle_id, False, 12)
     ]
     assert csv_rows(out, "company_rates") == []
