@@ -871,6 +871,7 @@ def schema_markdown() -> str:
         parts.append(f"#### `{spec.name}`\n\n{spec.description}\n")
         parts.append("| Column | Type | Null | Meaning |\n|---|---|---|---|")
         for c in spec.columns:
-            parts.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else ''} | {c.description} |")
+            meaning = c.description.replace("|", "\\|")  # "a | b" in a description is not a cell
+            parts.append(f"| `{c.name}` | {c.type} | {'yes' if c.nullable else ''} | {meaning} |")
         parts.append("")
     return "\n".join(parts)
