@@ -255,6 +255,28 @@ def cmd_org_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_org_export(args: argparse.Namespace) -> int:
+    """The org's raw facts and published rates as tidy tables (Parquet or CSV) for a BI tool."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.cycles import UnknownOrg
+    from icp_pipeline.visibility.export import ExportError, export_org
+
+    ensure_schema()
+    try:
+        with session_scope() as session:
+            result = export_org(session, args.org, Path(args.out), args.format, args.cycle)
+    except (UnknownOrg, ExportError) as error:
+        return _fail(str(error))
+    except OSError as error:
+        return _fail(f"cannot write to {args.out}: {error.strerror or error}")
+    cycles = ", ".join(map(str, result.cycle_ids)) or "none yet"
+    print(f"org {result.org_id}: exported cycles {cycles} as {result.format} to {Path(args.out)}")
+    for written in result.files:
+        print(f"  {written.path.name}: {written.rows} rows")
+    print(f"  {result.schema_path.name}: every table's columns, types and meaning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icp-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("org")
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_org_history)
+
+    export = org.add_parser(
+        "export", help="write the org's runs, mentions, citations, claims and rates as tables for BI"
+    )
+    export.add_argument("org")
+    export.add_argument("--out", required=True, help="folder to write the tables and schema.json to")
+    export.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="default parquet")
+    export.add_argument(
+        "--cycle", type=int, help="only this cycle's runs and rates (default: every cycle of the org)"
+    )
+    export.set_defaults(func=cmd_org_export)
 
     site = commands.add_parser("site", help="ICP segments of a site").add_subparsers(
         dest="site_command", required=True
