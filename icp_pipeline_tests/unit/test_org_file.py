@@ -58,7 +58,7 @@ def test_plain_string_questions_get_question_keys() -> None:
     assert [q.text for q in questions] == BASE["questions"]
     assert all(q.id is None for q in questions)
     keys = [q.id or question_key(q.text) for q in questions]
-    assert all(re.fullmatch(r"q-[0-9a-f]{6}", key) for key in keys)
+    assert all(re.fullmatch(r"q-[0-9a-f]{12}", key) for key in keys)
     assert len(set(keys)) == 5
     # Stable: the key ignores case and whitespace, and reordering does not change it.
     assert question_key("  WHAT is the best product analytics tool for a   startup? ") == keys[0]
