@@ -4,12 +4,12 @@ Every company row carries its sample size and 95% intervals (see stats.py for th
 overall rows also carry the change since the previous cycle's snapshot.
 """
 
-import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from icp_pipeline.terminal import inert
 from icp_pipeline.visibility import stats
 
 ANALYTICS_VERSION = "analytics-2"
@@ -272,9 +272,9 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 
 def inert_text(text: str) -> str:
-    """A name from an org file or a model, safe to print: control and format characters (escape
-    sequences, bidi overrides, ...) removed."""
-    return "".join(ch for ch in str(text) if unicodedata.category(ch) not in ("Cc", "Cf"))
+    """A name from an org file or a model, safe to print: escape sequences (with their parameters),
+    control, format (zero-width, bidi overrides, ...) and separator characters removed."""
+    return inert(text)
 
 
 def format_interval(interval: list[float] | None, percent: bool = True) -> str:

@@ -99,7 +99,7 @@ class OrgSpec(_Strict):
     competitors: Annotated[list[CompanySpec], Field(max_length=MAX_COMPETITORS)] = []
     models: Annotated[list[ModelSpec], Field(min_length=1, max_length=MAX_MODELS)]
     locations: Annotated[list[str], Field(min_length=1)]
-    questions: Annotated[list[QuestionSpec | str], Field(min_length=1, max_length=MAX_QUESTIONS)]
+    questions: Annotated[list[QuestionSpec], Field(min_length=1, max_length=MAX_QUESTIONS)]
     schedule: Annotated[str, Field(max_length=200)] | None = None  # the org's cycle cron
     # A company row on fewer runs than this is flagged `insufficient_data` in the analytics.
     min_runs: Annotated[int, Field(ge=1, strict=True)] = 10
@@ -149,10 +149,17 @@ class OrgSpec(_Strict):
             codes.append(upper)
         return codes
 
+    @field_validator("questions", mode="before")
+    @classmethod
+    def _plain_questions(cls, questions: Any) -> Any:
+        # A plain string is a question's text: validated as one, so its errors name questions[i].text.
+        if isinstance(questions, list):
+            return [{"text": q} if isinstance(q, str) else q for q in questions]
+        return questions
+
     @field_validator("questions")
     @classmethod
-    def _questions(cls, questions: list[QuestionSpec | str]) -> list[QuestionSpec]:
-        specs = [QuestionSpec(text=q) if isinstance(q, str) else q for q in questions]
+    def _questions(cls, specs: list[QuestionSpec]) -> list[QuestionSpec]:
         seen_text: dict[str, int] = {}
         seen_ids: dict[str, int] = {}
         for index, spec in enumerate(specs):
@@ -361,7 +368,7 @@ def _company_fields(spec: OrgSpec) -> list[tuple[str, CompanySpec]]:
 
 
 def _label(where: str, company: CompanySpec) -> str:
-    return f"{'target' if where == 'target' else 'competitor'} {shown(company.name, 40)}"
+    return f"{'target' if where.startswith('target') else 'competitor'} {shown(company.name, 40)}"
 
 
 def term_checks(spec: OrgSpec) -> tuple[list[str], list[str]]:
@@ -413,14 +420,14 @@ def term_checks(spec: OrgSpec) -> tuple[list[str], list[str]]:
             if other_company is not company:
                 warnings.append(
                     f"{field}: contains {shown(other, 40)} ({other_field}); an answer naming it also "
-                    f"counts as a mention of {_label(other_field.split('.')[0], other_company)}"
+                    f"counts as a mention of {_label(other_field, other_company)}"
                 )
     for domain, (field, company) in domains.items():
         for other, (other_field, other_company) in domains.items():
             if other_company is not company and domain.endswith("." + other):
                 warnings.append(
                     f"{field}: {domain!r} is under {other!r} ({other_field}); a citation of it also "
-                    f"counts for {_label(other_field.split('.')[0], other_company)}"
+                    f"counts for {_label(other_field, other_company)}"
                 )
     return problems, warnings
 
