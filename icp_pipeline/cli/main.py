@@ -274,6 +274,18 @@ def cmd_org_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_name(value: str) -> str:
+    """--model as the org file's models[].model: at most 120 printable characters (the columns')."""
+    from icp_pipeline.terminal import first_invisible
+
+    if not 1 <= len(value) <= 120:
+        raise argparse.ArgumentTypeError(f"must be 1 to 120 characters, not {len(value)}")
+    found = first_invisible(value)
+    if found:
+        raise argparse.ArgumentTypeError(f"contains {found}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icp-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -330,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("site")
     build.add_argument("--segment", action="append", help="build only this segment id (repeatable)")
     build.add_argument("--provider", default="openai", choices=["openai", "anthropic", "gemini", "offline"])
-    build.add_argument("--model", default="gpt-4o-mini")
+    build.add_argument("--model", default="gpt-4o-mini", type=_model_name)
     build.add_argument("--pacing", type=float, default=0.0, help="seconds to wait before each segment build")
     build.add_argument("--rebuild", action="store_true", help="ask again even where a result is stored")
     build.add_argument("--workers", type=int, default=3)

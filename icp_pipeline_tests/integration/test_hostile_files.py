@@ -312,3 +312,12 @@ def test_segment_prompts_stay_within_the_prompt_limit() -> None:
         assert "Page https://acme.io/0:" in prompt
     assert "more pages left out: the prompt limit is reached" in prompts[0]
     assert prompts[1].endswith("what to change.")
+
+
+def test_site_build_refuses_a_model_name_longer_than_its_column(
+    app_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["site", "build", "acme", "--model", "m" * 121])
+    assert exit_info.value.code == 2
+    assert "argument --model: must be 1 to 120 characters, not 121" in capsys.readouterr().err
