@@ -64,6 +64,8 @@ def cmd_org_load(args: argparse.Namespace) -> int:
         f"locations, {len(spec.question_specs())} questions ({runs_per_cycle(spec)} question runs per cycle); "
         f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
     )
+    # At list prices as if every non-offline model is called for real (without an API key a provider's
+    # models run offline and cost nothing).
     _print(f"a full cycle buys {cycle_estimate(spec).describe()}")
     return 0
 
