@@ -1,14 +1,58 @@
-"""Text for the terminal from untrusted sources (org and site files, model replies)."""
+"""Text from files and models made safe to print in a terminal, and the check that keeps it out of names.
 
+A name such as `\\e]0;title\\a\\e[2J` would retitle and clear the reader's terminal; a right-to-left
+override (U+202E) or a zero-width character makes printed text differ from what it says.
+"""
+
+import re
 import unicodedata
 
+# ESC-introduced sequences (CSI `ESC [ ... final`, OSC/DCS/APC/PM/SOS `ESC ] ... BEL|ESC \\`, and
+# two-character escapes) and their 8-bit C1 forms, removed whole so no parameter text is left behind.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS, ...
+    r"|\x1b[ -/]*[0-~]"  # other escapes
+)
+# Control (Cc), format (Cf: zero-width, bidi overrides, BOM...), surrogate (Cs), private use (Co),
+# line and paragraph separators (Zl, Zp).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
-def inert_text(text: str) -> str:
-    """A name from an org file or a model, safe to print: control and format characters (escape
-    sequences, bidi overrides, ...) removed."""
-    return "".join(ch for ch in str(text) if unicodedata.category(ch) not in ("Cc", "Cf"))
+
+def _invisible(char: str, allowed: str) -> bool:
+    return char not in allowed and unicodedata.category(char) in _INVISIBLE_CATEGORIES
 
 
-def inert_lines(text: str) -> str:
-    """Like inert_text, keeping the line breaks of a paragraph of model text."""
-    return "\n".join(inert_text(line) for line in str(text).splitlines())
+def inert(text: object, keep_newlines: bool = False) -> str:
+    """`text` with escape sequences, control, format (zero-width, bidi) and separator characters
+    removed: safe to print. `keep_newlines` keeps line breaks and tabs (tables, multi-line output)."""
+    allowed = "\n\t" if keep_newlines else ""
+    return "".join(ch for ch in _ESCAPE.sub("", str(text)) if not _invisible(ch, allowed))
+
+
+def first_invisible(text: str, allowed: str = "") -> str | None:
+    """A description of the first control, format or separator character in `text` (other than those
+    in `allowed`), e.g. "U+202E (RIGHT-TO-LEFT OVERRIDE) at position 4"; None when there is none."""
+    for position, char in enumerate(text):
+        if _invisible(char, allowed):
+            name = unicodedata.name(char, "control character")
+            return f"U+{ord(char):04X} ({name}) at position {position}"
+    return None
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A bounded, printable repr of a file-supplied value for an error message."""
+    if isinstance(value, str):
+        text = repr(value if len(value) <= limit else value[:limit])
+        return text if len(value) <= limit else f"{text}... ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return "a very large integer"  # repr() of a 5,000-digit int raises ValueError
+    if isinstance(value, bool | int | float | type(None)):
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} digits)"
+    return f"a {type(value).__name__}"
+
+
+def inert_lines(text: object) -> str:
+    """Like `inert`, keeping the line breaks and tabs of a paragraph of model text."""
+    return inert(text, keep_newlines=True)

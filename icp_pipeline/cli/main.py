@@ -14,8 +14,16 @@ EXAMPLE_SITE = Path(__file__).parent.parent / "examples" / "acme_site.yaml"
 
 
 def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    _print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def _print(text: str, file=None) -> None:  # noqa: ANN001 - a text stream
+    """print() for text that may hold file-supplied or model-written names: escape sequences, control,
+    zero-width and bidi characters are removed (lines and tabs kept)."""
+    from icp_pipeline.terminal import inert
+
+    print(inert(text, keep_newlines=True), file=file or sys.stdout)
 
 
 def cmd_db_upgrade(_args: argparse.Namespace) -> int:
@@ -29,28 +37,43 @@ def cmd_db_upgrade(_args: argparse.Namespace) -> int:
 
 def cmd_org_load(args: argparse.Namespace) -> int:
     from icp_pipeline.db.session import ensure_schema, session_scope
-    from icp_pipeline.visibility.org_file import OrgFileError, parse_org_file, upsert_org
+    from icp_pipeline.visibility.org_file import (
+        OrgFileError,
+        cycle_estimate,
+        large_cycle_problem,
+        org_warnings,
+        parse_org_file,
+        runs_per_cycle,
+        upsert_org,
+    )
 
     try:
         spec = parse_org_file(Path(args.file))
     except OrgFileError as error:
         return _fail(str(error), 2)
+    for warning in org_warnings(spec):
+        _print(f"warning: {args.file}: {warning}", file=sys.stderr)
+    too_large = large_cycle_problem(spec)
+    if too_large and not getattr(args, "allow_large", False):
+        return _fail(str(OrgFileError(args.file, [too_large])), 2)
     ensure_schema()
     with session_scope() as session:
         changes = upsert_org(session, spec)
-    combos = len(spec.question_specs()) * len(spec.models) * len(spec.locations)
-    print(
+    _print(
         f"org {spec.id}: {len(spec.competitors) + 1} companies, {len(spec.models)} models, {len(spec.locations)} "
-        f"locations, {len(spec.question_specs())} questions ({combos} question runs per cycle); "
+        f"locations, {len(spec.question_specs())} questions ({runs_per_cycle(spec)} question runs per cycle); "
         f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
     )
+    # At list prices as if every non-offline model is called for real (without an API key a provider's
+    # models run offline and cost nothing).
+    _print(f"a full cycle buys {cycle_estimate(spec).describe()}")
     return 0
 
 
 def _print_analytics(payload: dict) -> None:
     from icp_pipeline.visibility.analytics import analytics_markdown
 
-    print(analytics_markdown(payload))
+    _print(analytics_markdown(payload))
 
 
 # Exit codes: 0 done, 1 failed, 2 bad input file, 3 a new cycle was not opened (see the message),
@@ -59,7 +82,8 @@ EXIT_REFUSED = 3
 
 
 def _announce(message: str) -> None:
-    print(message, flush=True)
+    _print(message)
+    sys.stdout.flush()
 
 
 def cmd_org_run(args: argparse.Namespace) -> int:
@@ -83,7 +107,7 @@ def cmd_org_run(args: argparse.Namespace) -> int:
         if outcome.payload:
             _print_analytics(outcome.payload)
         if getattr(args, "existing_only", False):
-            print(outcome.message)
+            _print(outcome.message)
             return 0
         return _fail(outcome.message, EXIT_REFUSED)
     return _report_cycle(outcome)
@@ -97,7 +121,7 @@ def _report_cycle(outcome) -> int:  # noqa: ANN001 - CycleOutcome, imported lazi
     if outcome.payload:
         _print_analytics(outcome.payload)
     if outcome.message and outcome.pushed:
-        print(outcome.message)
+        _print(outcome.message)
     if outcome.status != "succeeded" or not outcome.pushed:
         return _fail(outcome.message or "the cycle did not complete")
     return 0
@@ -169,7 +193,7 @@ def cmd_site_load(args: argparse.Namespace) -> int:
     ensure_schema()
     with session_scope() as session:
         changes = upsert_site(session, spec)
-    print(
+    _print(
         f"site {spec.id}: {len(spec.pages)} pages, {len(spec.segments)} imported segments; "
         f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
     )
@@ -190,14 +214,11 @@ def cmd_site_build(args: argparse.Namespace) -> int:
     except UnknownSite as error:
         return _fail(str(error))
     if outcome.table:
-        print(summary_markdown(outcome.table))
+        _print(summary_markdown(outcome.table))
     if outcome.summary:
-        from icp_pipeline.terminal import inert_lines, inert_text
-
         ranking = ", ".join(f"{r['rank']}. {r['segment_id']}" for r in outcome.summary["ranking"])
-        # The summary is model text: printed without control characters.
-        print(f"\nRanking: {inert_text(ranking)}\n{inert_lines(outcome.summary['summary'])}")
-    print(f"site {outcome.site_id}: {outcome.succeeded} segments succeeded, {outcome.failed} failed")
+        _print(f"\nRanking: {ranking}\n{outcome.summary['summary']}")
+    _print(f"site {outcome.site_id}: {outcome.succeeded} segments succeeded, {outcome.failed} failed")
     if not outcome.summary_ok:
         return _fail(outcome.message)
     return 0
@@ -251,7 +272,7 @@ def cmd_org_history(args: argparse.Namespace) -> int:
     if not series:
         return _fail(f"no analytics for org {args.org!r} yet; run `icp-pipeline org run {args.org}`")
     history = analytics_history(args.org, series)
-    print(json.dumps(history, indent=2, sort_keys=True) if args.json else history_table(history))
+    _print(json.dumps(history, indent=2, sort_keys=True) if args.json else history_table(history))
     return 0
 
 
@@ -277,6 +298,18 @@ def cmd_org_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_name(value: str) -> str:
+    """--model as the org file's models[].model: at most 120 printable characters (the columns')."""
+    from icp_pipeline.terminal import first_invisible
+
+    if not 1 <= len(value) <= 120:
+        raise argparse.ArgumentTypeError(f"must be 1 to 120 characters, not {len(value)}")
+    found = first_invisible(value)
+    if found:
+        raise argparse.ArgumentTypeError(f"contains {found}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icp-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load = org.add_parser("load", help="load or update an org from a YAML file")
     load.add_argument("file")
+    load.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="load an org whose cycle exceeds the runs-per-cycle limit (its estimated cost is shown)",
+    )
     load.set_defaults(func=cmd_org_load)
     run = org.add_parser("run", help="run one full cycle as Dagster runs")
     run.add_argument("org")
@@ -339,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("site")
     build.add_argument("--segment", action="append", help="build only this segment id (repeatable)")
     build.add_argument("--provider", default="openai", choices=["openai", "anthropic", "gemini", "offline"])
-    build.add_argument("--model", default="gpt-4o-mini")
+    build.add_argument("--model", default="gpt-4o-mini", type=_model_name)
     build.add_argument("--pacing", type=float, default=0.0, help="seconds to wait before each segment build")
     build.add_argument("--rebuild", action="store_true", help="ask again even where a result is stored")
     build.add_argument("--workers", type=int, default=3)

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_text
+from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_text, visible
 from icp_pipeline.db.models import Segment, Site
+from icp_pipeline.limits import MAX_PAGES, MAX_SEGMENTS
 from icp_pipeline.segments.keys import segment_partition_key
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
@@ -22,14 +23,15 @@ class _Strict(BaseModel):
 
 
 class PageSpec(_Strict):
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    text: Annotated[str, Field(min_length=1, max_length=50_000)]
+    url: Annotated[str, Field(pattern=r"^https?://", max_length=2000), visible()]
+    # Scraped text: line breaks and tabs, but no other control characters (PostgreSQL refuses NUL).
+    text: Annotated[str, Field(min_length=1, max_length=50_000), visible("\n\t\r")]
 
 
 class ImportedSegmentSpec(_Strict):
     id: str
-    name: Annotated[str, Field(min_length=2, max_length=120)]
-    description: Annotated[str, Field(min_length=1, max_length=2000)]
+    name: Annotated[str, Field(min_length=2, max_length=120), visible()]
+    description: Annotated[str, Field(min_length=1, max_length=2000), visible("\n\t")]
 
     @field_validator("id")
     @classmethod
@@ -43,11 +45,11 @@ class ImportedSegmentSpec(_Strict):
 
 class SiteSpec(_Strict):
     id: str
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
-    description: Annotated[str, Field(min_length=1, max_length=5000)]
-    pages: list[PageSpec] = []
-    segments: list[ImportedSegmentSpec] = []
+    name: Annotated[str, Field(min_length=1, max_length=200), visible()]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2000), visible()]
+    description: Annotated[str, Field(min_length=1, max_length=5000), visible("\n\t")]
+    pages: Annotated[list[PageSpec], Field(max_length=MAX_PAGES)] = []
+    segments: Annotated[list[ImportedSegmentSpec], Field(max_length=MAX_SEGMENTS)] = []
 
     @field_validator("id")
     @classmethod

@@ -26,7 +26,7 @@ from icp_pipeline.segments.comparison import (
 from icp_pipeline.segments.keys import segment_partition_key, slugify
 from icp_pipeline.segments.prompts import SYSTEM, comparison_prompt, icp_prompt, segments_prompt
 from icp_pipeline.segments.schemas import SegmentICP, SegmentList, SiteComparison
-from icp_pipeline.terminal import inert_text
+from icp_pipeline.terminal import inert
 
 
 @dataclass(frozen=True)
@@ -440,9 +440,9 @@ def summary_markdown(table: list[dict[str, Any]]) -> str:
         seconds = f"{row['execution_ms'] / 1000:.1f}" if row["execution_ms"] is not None else "–"
         fit = f"{row['fit_score']:.2f}" if row["fit_score"] is not None else "–"
         # For the terminal: model text without control characters (escape sequences, bidi overrides).
-        error = inert_text(row["error"] or "").replace("|", "/")[:120]
+        error = inert(row["error"] or "").replace("|", "/")[:120]
         lines.append(
-            f"| {inert_text(row['name'])} | {row['source']} | {'yes' if row['success'] else 'no'} | {fit} | {seconds} | "
+            f"| {inert(row['name'])} | {row['source']} | {'yes' if row['success'] else 'no'} | {fit} | {seconds} | "
             f"{row['completed_at'] or '–'} | {error} |"
         )
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from icp_pipeline.terminal import inert_text
+from icp_pipeline.terminal import inert
 from icp_pipeline.visibility import stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
@@ -316,7 +316,7 @@ def analytics_markdown(payload: dict[str, Any]) -> str:
     ]
     for row in payload["companies"]:
         lines.append(
-            f"| {inert_text(row['name'])} | {'yes' if row['is_target'] else ''} | {row['runs']} | "
+            f"| {inert(row['name'])} | {'yes' if row['is_target'] else ''} | {row['runs']} | "
             f"{row['mentioned_runs']} | {_fmt(row['mention_rate'], True)}{_interval_suffix(row)} | "
             f"{_fmt(row['share_of_voice'], True)} | "
             f"{_fmt(row['average_position'])} | {row['cited_runs']} |"
@@ -334,7 +334,7 @@ def grader_line(payload: dict[str, Any]) -> str:
     """Which model judged the claims and sentiment; empty for snapshots from before graders."""
     if "graders" not in payload:
         return ""
-    used = ", ".join(inert_text(g["model"]) for g in payload["graders"]) or "none (no claims)"
+    used = ", ".join(inert(g["model"]) for g in payload["graders"]) or "none (no claims)"
     how = "the org's grader" if payload.get("grader") else "each answering model graded its own answers"
     return f"\nClaims and sentiment graded by: {used} ({how})."
 
@@ -346,7 +346,7 @@ def analytics_history(org_id: str, snapshots: list[tuple[int, dict[str, Any]]]) 
     series: dict[str, dict[str, Any]] = {}
     for cycle_id, payload in snapshots:
         for row in payload.get("companies", []):
-            name = inert_text(row["name"])
+            name = inert(row["name"])
             company = series.setdefault(name, {"name": name, "is_target": row["is_target"], "cycles": []})
             mention_ci = row.get("mention_rate_ci", stats.wilson_interval(row["mentioned_runs"], row["runs"]))
             company["cycles"].append(
@@ -383,7 +383,7 @@ def history_table(history: dict[str, Any]) -> str:
                 (
                     name,
                     str(point["cycle_id"]),
-                    inert_text(point["generated_at"] or "")[:16].replace("T", " "),
+                    inert(point["generated_at"] or "")[:16].replace("T", " "),
                     str(point["runs"]),
                     f"{_fmt(point['mention_rate'], True)} {format_interval(point['mention_rate_ci'])}",
                     f"{_fmt(point['share_of_voice'], True)} {format_interval(point['share_of_voice_ci'])}",

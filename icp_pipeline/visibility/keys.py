@@ -7,9 +7,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def question_key(text: str) -> str:
-    """A stable key from the question text, so reordering questions never renames partitions."""
+    """A stable key from the question text, so reordering questions never renames partitions: 12 hex
+    characters (48 bits) of its SHA-1, so 1,000 questions collide with odds of about 2 in a billion.
+    Keys stored before (6 hex characters) are kept for their questions: see org_file.question_keys."""
     normalized = " ".join(text.lower().split())
-    return "q-" + hashlib.sha1(normalized.encode()).hexdigest()[:6]
+    return "q-" + hashlib.sha1(normalized.encode()).hexdigest()[:12]
 
 
 def model_slug(provider: str, model: str) -> str:

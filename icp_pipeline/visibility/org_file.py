@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -10,17 +11,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_text
+from icp_pipeline.config_files import ConfigFileError, parse_yaml_model, read_text, visible
 from icp_pipeline.db.models import Company, Org, OrgLocation, OrgModel, Question
+from icp_pipeline.limits import (
+    MAX_COMPETITORS,
+    MAX_MODELS,
+    MAX_QUESTIONS,
+    MAX_RUNS_PER_CYCLE,
+    MAX_TERMS_PER_COMPANY,
+)
+from icp_pipeline.terminal import shown
+from icp_pipeline.visibility import estimate
 from icp_pipeline.visibility.countries import ISO_COUNTRY_CODES
 from icp_pipeline.visibility.keys import model_slug, question_key
 from icp_pipeline.visibility.schedule import parse_cron
 
 PROVIDERS = ("openai", "anthropic", "gemini", "offline")
 _ORG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_WORDS = re.compile(r"\w+")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
-NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
+
+# A printable one-line name (company names and aliases are String(200) columns / Mention.matched_text).
+NonEmpty = Annotated[str, Field(min_length=1, max_length=200), visible("")]
 
 
 class _Strict(BaseModel):
@@ -29,8 +42,8 @@ class _Strict(BaseModel):
 
 class CompanySpec(_Strict):
     name: NonEmpty
-    aliases: list[NonEmpty] = []
-    domains: list[str] = []
+    aliases: Annotated[list[NonEmpty], Field(max_length=MAX_TERMS_PER_COMPANY)] = []
+    domains: Annotated[list[str], Field(max_length=MAX_TERMS_PER_COMPANY)] = []
 
     @field_validator("domains")
     @classmethod
@@ -39,7 +52,7 @@ class CompanySpec(_Strict):
         for domain in domains:
             value = domain.strip().lower().removeprefix("www.")
             if not _DOMAIN.match(value):
-                raise ValueError(f"{domain!r} is not a bare domain such as acme.io")
+                raise ValueError(f"{shown(domain)} is not a bare domain such as acme.io")
             cleaned.append(value)
         return cleaned
 
@@ -52,7 +65,7 @@ MAX_ANSWER_TOKENS = 128_000
 # How many times a cycle may ask one question x model x location (`samples`, org-wide or per model).
 MAX_SAMPLES = 10
 Samples = Annotated[int, Field(ge=1, le=MAX_SAMPLES, strict=True)]
-ModelName = Annotated[str, Field(min_length=1, max_length=120)]  # org_models.model is String(120)
+ModelName = Annotated[str, Field(min_length=1, max_length=120), visible("")]  # org_models.model: String(120)
 
 
 class ModelSpec(_Strict):
@@ -76,17 +89,17 @@ class GraderSpec(_Strict):
 
 class QuestionSpec(_Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] | None = None
-    text: Annotated[str, Field(min_length=3, max_length=2000)]
+    text: Annotated[str, Field(min_length=3, max_length=2000), visible("\n\t")]
 
 
 class OrgSpec(_Strict):
     id: str
     name: NonEmpty
     target: CompanySpec
-    competitors: list[CompanySpec] = []
-    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    competitors: Annotated[list[CompanySpec], Field(max_length=MAX_COMPETITORS)] = []
+    models: Annotated[list[ModelSpec], Field(min_length=1, max_length=MAX_MODELS)]
     locations: Annotated[list[str], Field(min_length=1)]
-    questions: Annotated[list[QuestionSpec | str], Field(min_length=1)]
+    questions: Annotated[list[QuestionSpec], Field(min_length=1, max_length=MAX_QUESTIONS)]
     schedule: Annotated[str, Field(max_length=200)] | None = None  # the org's cycle cron
     # A company row on fewer runs than this is flagged `insufficient_data` in the analytics.
     min_runs: Annotated[int, Field(ge=1, strict=True)] = 10
@@ -130,27 +143,35 @@ class OrgSpec(_Strict):
         for index, code in enumerate(locations):
             upper = str(code).strip().upper()
             if upper not in ISO_COUNTRY_CODES:
-                raise ValueError(f"item {index}: {code!r} is not an ISO 3166-1 alpha-2 country code")
+                raise ValueError(f"item {index}: {shown(code)} is not an ISO 3166-1 alpha-2 country code")
             if upper in codes:
                 raise ValueError(f"item {index}: duplicate country {upper}")
             codes.append(upper)
         return codes
 
+    @field_validator("questions", mode="before")
+    @classmethod
+    def _plain_questions(cls, questions: Any) -> Any:
+        # A plain string is a question's text: validated as one, so its errors name questions[i].text.
+        if isinstance(questions, list):
+            return [{"text": q} if isinstance(q, str) else q for q in questions]
+        return questions
+
     @field_validator("questions")
     @classmethod
-    def _questions(cls, questions: list[QuestionSpec | str]) -> list[QuestionSpec]:
-        specs = [QuestionSpec(text=q) if isinstance(q, str) else q for q in questions]
+    def _questions(cls, specs: list[QuestionSpec]) -> list[QuestionSpec]:
         seen_text: dict[str, int] = {}
         seen_ids: dict[str, int] = {}
         for index, spec in enumerate(specs):
-            normalized = " ".join(spec.text.lower().split())
+            normalized = normalized_question(spec.text)
             if normalized in seen_text:
                 raise ValueError(f"item {index}: duplicate question (same as item {seen_text[normalized]})")
             seen_text[normalized] = index
-            key = spec.id or question_key(spec.text)
-            if key in seen_ids:
-                raise ValueError(f"item {index}: duplicate question id {key!r}")
-            seen_ids[key] = index
+            # Only explicit ids: computed keys are made unique when they are assigned (question_keys).
+            if spec.id is not None:
+                if spec.id in seen_ids:
+                    raise ValueError(f"item {index}: duplicate question id {spec.id!r}")
+                seen_ids[spec.id] = index
         return specs
 
     @model_validator(mode="after")
@@ -178,19 +199,333 @@ class OrgFileError(ConfigFileError):
 
 def _describe(error: dict[str, Any]) -> str | None:
     if error["type"] == "literal_error" and error["loc"][-1] == "provider":
-        return f"unknown provider {error['input']!r}; expected one of {', '.join(PROVIDERS)}"
+        return f"unknown provider {shown(error['input'])}; expected one of {', '.join(PROVIDERS)}"
     if error["type"] == "string_type" and error["loc"] == ("schedule",):
-        return f'{error["input"]!r} is not a cron string; quote it, e.g. "30 9 * * 1-5"'
+        return f'{shown(error["input"])} is not a cron string; quote it, e.g. "30 9 * * 1-5"'
     return None
 
 
 def parse_org_text(text: str, source: str = "<org file>") -> OrgSpec:
     expected = "id, name, target, models, locations, questions"
-    return parse_yaml_model(text, source, OrgSpec, OrgFileError, expected, _describe)
+    spec = parse_yaml_model(text, source, OrgSpec, OrgFileError, expected, _describe)
+    problems, _warnings = term_checks(spec)
+    if problems:
+        raise OrgFileError(source, problems)
+    return spec
+
+
+# --- Company terms: what mentions and citations match --------------------------------------------
+
+# Words that never name a company on their own: a term made only of them would match ordinary prose
+# ("Use the best tool" would count as a mention).
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "nor",
+        "but",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "from",
+        "with",
+        "without",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "i",
+        "me",
+        "my",
+        "we",
+        "us",
+        "our",
+        "you",
+        "your",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "they",
+        "them",
+        "their",
+        "not",
+        "no",
+        "yes",
+        "so",
+        "if",
+        "then",
+        "than",
+        "too",
+        "very",
+        "can",
+        "could",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "may",
+        "might",
+        "must",
+        "do",
+        "does",
+        "did",
+        "done",
+        "has",
+        "have",
+        "had",
+        "all",
+        "any",
+        "some",
+        "each",
+        "every",
+        "other",
+        "such",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+    ]
+)
+# Common words that may be a company's name but also occur in answers about anything: warned, not refused.
+COMMON_WORDS = frozenset(
+    [
+        "best",
+        "top",
+        "tool",
+        "tools",
+        "app",
+        "apps",
+        "data",
+        "cloud",
+        "analytics",
+        "software",
+        "platform",
+        "free",
+        "pro",
+        "one",
+        "go",
+        "use",
+        "new",
+        "open",
+        "good",
+        "great",
+        "better",
+        "simple",
+        "easy",
+        "fast",
+        "smart",
+        "next",
+        "first",
+        "plus",
+        "max",
+        "ai",
+        "api",
+        "web",
+        "online",
+        "digital",
+    ]
+)
+
+
+def _term(text: str) -> str:
+    """A name or alias as mentions.py compares it: NFC, case-insensitive, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def _company_fields(spec: OrgSpec) -> list[tuple[str, CompanySpec]]:
+    return [("target", spec.target)] + [(f"competitors[{i}]", c) for i, c in enumerate(spec.competitors)]
+
+
+def _label(where: str, company: CompanySpec) -> str:
+    return f"{'target' if where.startswith('target') else 'competitor'} {shown(company.name, 40)}"
+
+
+def term_checks(spec: OrgSpec) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about the companies' names, aliases and domains. Refused: a term or domain
+    shared by two companies, and a term that is only stop words or has no letter or digit, since a
+    mention could not be attributed. Warned: a term containing another company's term as a whole
+    word, a domain under another company's domain, and very short or common-word terms."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    terms: dict[str, tuple[str, CompanySpec]] = {}  # normalized term -> (field path, company)
+    domains: dict[str, tuple[str, CompanySpec]] = {}
+    for where, company in _company_fields(spec):
+        entries = [(f"{where}.name", company.name)] + [
+            (f"{where}.aliases[{i}]", alias) for i, alias in enumerate(company.aliases)
+        ]
+        for field, text in entries:
+            term = _term(text)
+            if not any(ch.isalnum() for ch in term):
+                problems.append(f"{field}: {shown(text)} has no letter or digit, so it matches punctuation")
+                continue
+            if all(word in STOP_WORDS for word in term.split()):
+                problems.append(
+                    f"{field}: {shown(text)} is a common word ('the', 'a', ...) that any answer contains; "
+                    "it cannot identify a company"
+                )
+                continue
+            owner = terms.get(term)
+            if owner is not None and owner[1] is not company:
+                problems.append(
+                    f"{field}: {shown(text)} is also a name or alias of {_label(*owner)} "
+                    f"({owner[0]}); a mention could not tell them apart"
+                )
+                continue
+            terms.setdefault(term, (field, company))
+            if len(term) <= 2:
+                warnings.append(f"{field}: {shown(text)} is very short; it may match unrelated words")
+            elif term in COMMON_WORDS:
+                warnings.append(f"{field}: {shown(text)} is a common word; it may match ordinary prose")
+        for i, domain in enumerate(company.domains):
+            field = f"{where}.domains[{i}]"
+            owner = domains.get(domain)
+            if owner is not None and owner[1] is not company:
+                problems.append(f"{field}: {domain!r} is also a domain of {_label(*owner)} ({owner[0]})")
+                continue
+            domains.setdefault(domain, (field, company))
+    for term, (field, company) in terms.items():
+        for other in _inner_terms(term):
+            other_field, other_company = terms.get(other, (field, company))
+            if other_company is not company:
+                warnings.append(
+                    f"{field}: contains {shown(other, 40)} ({other_field}); an answer naming it also "
+                    f"counts as a mention of {_label(other_field, other_company)}"
+                )
+    for domain, (field, company) in domains.items():
+        for other, (other_field, other_company) in domains.items():
+            if other_company is not company and domain.endswith("." + other):
+                warnings.append(
+                    f"{field}: {domain!r} is under {other!r} ({other_field}); a citation of it also "
+                    f"counts for {_label(other_field, other_company)}"
+                )
+    return problems, warnings
+
+
+def _inner_terms(term: str) -> set[str]:
+    """Every run of whole words inside `term`, shorter than it: what mentions.py would also match there."""
+    words = [(match.start(), match.end()) for match in _WORDS.finditer(term)]
+    return {
+        term[start:end]
+        for i, (start, _) in enumerate(words)
+        for _, end in words[i:]
+        if end - start < len(term)
+    }
+
+
+def org_warnings(spec: OrgSpec) -> list[str]:
+    """What `org load` warns about but accepts (see term_checks)."""
+    return term_checks(spec)[1]
+
+
+# --- Cycle size --------------------------------------------------------------------------------------
+
+
+def runs_per_cycle(spec: OrgSpec) -> int:
+    """Question runs a cycle of this org opens: questions x locations x each model's samples."""
+    samples = sum(model.samples or spec.samples for model in spec.models)
+    return len(spec.question_specs()) * len(spec.locations) * samples
+
+
+def cycle_estimate(spec: OrgSpec) -> estimate.PurchaseEstimate:
+    """What a full cycle would buy at list prices if every non-offline model is called for real."""
+    total = estimate.PurchaseEstimate()
+    for model in spec.models:
+        grader = spec.grader or model
+        calls = []
+        for question in spec.question_specs():
+            chars = estimate._answer_chars(question.text)
+            calls.append(estimate.PlannedCall("answer", model.provider, model.model, chars))
+            calls.append(estimate.PlannedCall("claims", grader.provider, grader.model))
+        part = estimate.estimate(calls, lambda provider, _model: provider != "offline")
+        times = len(spec.locations) * (model.samples or spec.samples)
+        total.answers += part.answers * times
+        total.claims += part.claims * times
+        total.live_calls += part.live_calls * times
+        total.usd += part.usd * times
+        total.unpriced |= part.unpriced
+    return total
+
+
+def large_cycle_problem(spec: OrgSpec) -> str | None:
+    """Why a cycle of this org is larger than MAX_RUNS_PER_CYCLE, with its estimated cost; None if not."""
+    runs = runs_per_cycle(spec)
+    if runs <= MAX_RUNS_PER_CYCLE:
+        return None
+    return (
+        f"questions x models x locations x samples: {runs:,} question runs per cycle exceed the limit of "
+        f"{MAX_RUNS_PER_CYCLE:,}; every cycle would buy {cycle_estimate(spec).describe()}. If that is "
+        "deliberate, load it with `icp-pipeline org load --allow-large FILE`"
+    )
 
 
 def parse_org_file(path: Path) -> OrgSpec:
     return parse_org_text(read_text(path, OrgFileError), str(path))
+
+
+def normalized_question(text: str) -> str:
+    """Questions that differ only in case and whitespace are the same question."""
+    return " ".join(text.lower().split())
+
+
+def question_keys(questions: list[QuestionSpec], existing: Any) -> list[str]:
+    """Each question's key. `existing` holds the org's stored (key, text, active) rows.
+
+    A question keeps the key stored for its text (keys from before 12-hex keys included), so past runs
+    stay its own; an explicit `id` is its key; a new text gets question_key(text). A key already stored
+    for a different text, or taken in this file, is never reused: `-2`, `-3`, ... is appended, so a
+    changed text never inherits another question's history."""
+    stored_text = {key: normalized_question(text) for key, text, _active in existing}
+    stored_key: dict[str, str] = {}
+    for key, text, _active in sorted(existing, key=lambda row: row[2]):  # an active row wins
+        stored_key[normalized_question(text)] = key
+    used = {q.id for q in questions if q.id is not None}
+    keys = []
+    for question in questions:
+        if question.id is not None:
+            keys.append(question.id)
+            continue
+        text = normalized_question(question.text)
+        key = stored_key.get(text)
+        if key is None or key in used:
+            base = key = question_key(question.text)
+            suffix = 1
+            while key in used or stored_text.get(key, text) != text:
+                suffix += 1
+                key = f"{base}-{suffix}"
+        used.add(key)
+        keys.append(key)
+    return keys
 
 
 def config_sha256(spec: OrgSpec) -> str:
@@ -276,12 +611,18 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         },
     )
     sync(OrgLocation, "country_code", {code: {} for code in spec.locations})
+    existing = session.execute(
+        select(Question.key, Question.text, Question.active).where(Question.org_id == spec.id)
+    ).all()
+    questions = spec.question_specs()
     sync(
         Question,
         "key",
         {
-            (q.id or question_key(q.text)): {"text": q.text, "position": position}
-            for position, q in enumerate(spec.question_specs())
+            key: {"text": q.text, "position": position}
+            for position, (key, q) in enumerate(
+                zip(question_keys(questions, existing), questions, strict=True)
+            )
         },
     )
     session.flush()

@@ -5,7 +5,7 @@ from datetime import datetime
 import dagster as dg
 
 from icp_pipeline.defs.metadata import company_key, table
-from icp_pipeline.terminal import inert_lines, inert_text
+from icp_pipeline.terminal import inert, inert_lines
 from icp_pipeline.visibility.analytics import (
     CompanyInfo,
     GraderUsage,
@@ -129,5 +129,5 @@ def test_a_table_keeps_cells_as_data() -> None:
 
 
 def test_terminal_text_loses_control_characters_and_keeps_paragraphs() -> None:
-    assert inert_text("Acme\x1b]8;;http://x\x07\u202e\nZ") == "Acme]8;;http://xZ"
-    assert inert_lines("first\x1b[2J line\nsecond\r\n\u200bthird") == "first[2J line\nsecond\nthird"
+    assert inert("Acme\x1b]8;;http://x\x07\u202e\nZ") == "AcmeZ"
+    assert inert_lines("first\x1b[2J line\nsecond\r\n\u200bthird") == "first line\nsecond\nthird"

@@ -1,17 +1,31 @@
 import copy
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 import icp_pipeline
 from icp_pipeline.cli.main import main
-from icp_pipeline.db.models import Org
+from icp_pipeline.db.models import Org, Question
 from icp_pipeline.db.session import session_scope, upgrade
+from icp_pipeline.limits import MAX_FILE_BYTES, MAX_QUESTIONS
+from icp_pipeline.terminal import inert
 from icp_pipeline.visibility.keys import question_key
-from icp_pipeline.visibility.org_file import OrgFileError, QuestionSpec, parse_org_text, upsert_org
+from icp_pipeline.visibility.org_file import (
+    OrgFileError,
+    QuestionSpec,
+    large_cycle_problem,
+    org_warnings,
+    parse_org_file,
+    parse_org_text,
+    question_keys,
+    runs_per_cycle,
+    upsert_org,
+)
 
 EXAMPLE = Path(icp_pipeline.__file__).parent / "examples" / "acme.yaml"
 BASE: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
@@ -58,7 +72,7 @@ def test_plain_string_questions_get_question_keys() -> None:
     assert [q.text for q in questions] == BASE["questions"]
     assert all(q.id is None for q in questions)
     keys = [q.id or question_key(q.text) for q in questions]
-    assert all(re.fullmatch(r"q-[0-9a-f]{6}", key) for key in keys)
+    assert all(re.fullmatch(r"q-[0-9a-f]{12}", key) for key in keys)
     assert len(set(keys)) == 5
     # Stable: the key ignores case and whitespace, and reordering does not change it.
     assert question_key("  WHAT is the best product analytics tool for a   startup? ") == keys[0]
@@ -354,3 +368,277 @@ def test_min_runs_is_stored_and_updated(app_db: str) -> None:
     with session_scope(app_db) as session:
         assert session.get(Org, "acme").min_runs == 3
     assert _load(app_db, {**_base(), "min_runs": 3}) == {"created": 0, "updated": 0, "deactivated": 0}
+
+
+# --- Hostile and oversized files (issue 12) ---------------------------------------------------------
+
+
+def _example_text() -> str:
+    return EXAMPLE.read_text(encoding="utf-8")
+
+
+def yaml_bomb(levels: int) -> str:
+    """A "billion laughs" flow sequence: each anchor lists the previous one 9 times (9**levels leaves)."""
+    lols = ", ".join(["lol"] * 9)
+    nested = [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return f"[&l0 [{lols}], {', '.join(nested)}]"
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "field"),
+    [
+        (
+            "{provider: openai, model: gpt-4o-mini}",
+            "{provider: BOMB, model: gpt-4o-mini}",
+            "models[0].provider",
+        ),
+        ("locations: [US, DE, FR]", "locations: [US, DE, FR]\nschedule: BOMB", "schedule"),
+    ],
+)
+def test_yaml_alias_bomb_is_refused_at_its_first_alias(replace: str, by: str, field: str) -> None:
+    # 9**4 leaves: before the fix the error message repr'd all of them (the 9**9 one ran for minutes).
+    text = _example_text().replace(replace, by.replace("BOMB", yaml_bomb(4)))
+    error = _error(text=text)
+    (problem,) = error.problems
+    assert problem.startswith(f"{field}[1][0]: YAML aliases (*name) are not supported")
+    assert len(str(error)) < 300
+
+
+def test_deep_nesting_is_refused_without_recursion() -> None:
+    (problem,) = _error(text="id: " + "[" * 100_000 + "\n").problems
+    assert problem == "id" + "[0]" * 20 + ": nested deeper than 20 levels"
+
+
+def test_an_integer_of_5000_digits_is_refused() -> None:
+    (problem,) = _error(text=_example_text() + "min_runs: " + "9" * 5000 + "\n").problems
+    assert problem == "min_runs: an integer of 5000 characters is too long"
+
+
+def test_a_duplicate_key_is_refused_not_overwritten() -> None:
+    # A valid org file followed by a second id: before the fix this loaded an org "other-org".
+    (problem,) = _error(text=_example_text() + "id: other-org\n").problems
+    assert problem.startswith("id: duplicate key (lines 3 and ")
+    # Two questions: keys (the first list was dropped).
+    (problem,) = _error(text=_example_text() + "questions: ['Only this one?']\n").problems
+    assert problem.startswith("questions: duplicate key")
+    # Nested: a company with two names.
+    text = _example_text().replace("{name: Globex,", "{name: Globex, name: Globex2,")
+    (problem,) = _error(text=text).problems
+    assert problem.startswith("competitors[0].name: duplicate key")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (_example_text().replace("Acme Analytics", "Acmé Analytics").encode("latin-1"), "not UTF-8 text"),
+        (_example_text().encode("utf-16"), "UTF-16 text; save the file as UTF-8"),
+        (_example_text().encode() + b"\xff\xfe\x80 garbage\n", "not UTF-8 text (byte 0xff"),
+        (b"#" * (MAX_FILE_BYTES + 1), "larger than the limit of 1,000,000 bytes"),
+    ],
+)
+def test_unreadable_files_are_named_not_raised(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "org.yaml"
+    path.write_bytes(content)
+    with pytest.raises(OrgFileError) as info:
+        parse_org_file(path)
+    (problem,) = info.value.problems
+    assert problem.startswith("(file): ")
+    assert expected in problem
+
+
+def test_a_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "org.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + _example_text().encode())
+    assert parse_org_file(path).id == "acme"
+
+
+def test_error_messages_are_bounded_whatever_the_input() -> None:
+    data = _base()
+    data["locations"] = ["US", "x" * 100_000]
+    data["models"][0]["provider"] = "y" * 100_000
+    data["x" * 10_000] = 1
+    data["questions"] = [{"text": "ok?", "bad": i} for i in range(500)]
+    error = _error(data)
+    assert len(error.problems) == 21
+    assert re.fullmatch(r"\.\.\. and \d+ more problems", error.problems[-1])
+    assert len(str(error)) < 21 * 620
+
+
+def _old_key(text: str) -> str:
+    """question_key before issue 12: 6 hex characters."""
+    return "q-" + hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()[:6]
+
+
+def _colliding_texts() -> tuple[str, str]:
+    seen: dict[str, str] = {}
+    for number in range(100_000):
+        text = f"Which tool suits use case number {number}?"
+        key = _old_key(text)
+        if key in seen:
+            return seen[key], text
+        seen[key] = text
+    raise AssertionError("no collision of 6-hex keys in 100,000 texts")
+
+
+def test_questions_whose_old_keys_collide_are_distinct_questions() -> None:
+    first, second = _colliding_texts()
+    data = _base()
+    data["questions"] = [first, second]
+    spec = parse_org_text(yaml.safe_dump(data))  # before the fix: "duplicate question id"
+    assert question_keys(spec.question_specs(), []) == [question_key(first), question_key(second)]
+    assert question_key(first) != question_key(second)
+
+
+def test_ten_thousand_distinct_questions_get_distinct_keys() -> None:
+    texts = [f"Which tool suits use case number {number}?" for number in range(10_000)]
+    keys = {question_key(text) for text in texts}
+    assert len(keys) == 10_000
+    assert all(re.fullmatch(r"q-[0-9a-f]{12}", key) for key in keys)
+
+
+def test_a_stored_key_is_kept_and_a_taken_key_is_never_inherited() -> None:
+    questions = [QuestionSpec(text="What is the best tool?"), QuestionSpec(text="What is new?")]
+    old_key = _old_key("What is the best tool?")
+    # An org loaded before the 12-hex keys keeps its stored key for the same text (any case/spacing).
+    existing = [(old_key, "what is  the BEST tool?", True)]
+    assert question_keys(questions, existing)[0] == old_key
+    # A key stored for another text (a collision) is never reused: the new question gets a suffix.
+    existing = [(question_key("What is new?"), "A different text whose key collides?", False)]
+    assert question_keys(questions, existing)[1] == question_key("What is new?") + "-2"
+    # An explicit id that equals a computed key pushes the computed one aside too.
+    taken = [QuestionSpec(id=question_key("What is new?"), text="Another question?"), questions[1]]
+    assert question_keys(taken, []) == [question_key("What is new?"), question_key("What is new?") + "-2"]
+
+
+def test_reloading_keeps_old_keys_and_a_changed_text_starts_its_own_history(app_db: str) -> None:
+    _load(app_db, _base())
+    first = BASE["questions"][0]
+    with session_scope(app_db) as session:  # as loaded before issue 12: 6-hex keys
+        for question in session.scalars(select(Question)):
+            question.key = _old_key(question.text)
+        # And a stored question whose key is the one the changed text below would get.
+        session.add(
+            Question(org_id="acme", key=question_key("A changed question?"), text="Other?", active=False)
+        )
+    changed = _base()
+    changed["questions"][1] = "A changed question?"
+    changed["min_runs"] = 3
+    _load(app_db, changed)
+    with session_scope(app_db) as session:
+        rows = {q.text: (q.key, q.active) for q in session.scalars(select(Question))}
+    assert rows[first] == (_old_key(first), True)
+    assert rows[BASE["questions"][1]] == (_old_key(BASE["questions"][1]), False)
+    assert rows["Other?"] == (question_key("A changed question?"), False)
+    assert rows["A changed question?"] == (question_key("A changed question?") + "-2", True)
+
+
+def test_too_many_questions_models_or_companies_are_named() -> None:
+    data = _base()
+    data["questions"] = [f"Question number {i}?" for i in range(MAX_QUESTIONS + 1)]
+    (problem,) = _error(data).problems
+    assert problem.startswith("questions: List should have at most 1000 items")
+    data = _base()
+    data["competitors"] = [{"name": f"Company {i}"} for i in range(51)]
+    (problem,) = _error(data).problems
+    assert problem.startswith("competitors: List should have at most 50 items")
+
+
+def test_runs_per_cycle_counts_samples() -> None:
+    data = _base()
+    data["samples"] = 2
+    data["models"][0]["samples"] = 5
+    spec = parse_org_text(yaml.safe_dump(data))
+    assert runs_per_cycle(spec) == 5 * 3 * (5 + 2 + 2)
+    assert large_cycle_problem(spec) is None
+    data["questions"] = [f"Question number {i}?" for i in range(1000)]
+    problem = large_cycle_problem(parse_org_text(yaml.safe_dump(data)))
+    assert problem.startswith("questions x models x locations x samples: 27,000 question runs per cycle")
+    assert "54000 model calls (27000 answers + 27000 claims), estimated cost $" in problem
+    assert "--allow-large" in problem
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda d: d["competitors"][1]["aliases"].append("Globex Corp"),
+            "competitors[1].aliases[1]: 'Globex Corp' is also a name or alias of competitor 'Globex' "
+            "(competitors[0].aliases[0])",
+        ),
+        (
+            lambda d: d["competitors"][0]["aliases"].append("ACME"),
+            "competitors[0].aliases[1]: 'ACME' is also a name or alias of target 'Acme' (target.name)",
+        ),
+        (
+            lambda d: d["competitors"][0]["domains"].append("acme.io"),
+            "competitors[0].domains[1]: 'acme.io' is also a domain of target 'Acme' (target.domains[0])",
+        ),
+        (lambda d: d["target"]["aliases"].append("the"), "target.aliases[1]: 'the' is a common word"),
+        (
+            lambda d: d["competitors"][2]["aliases"].append("A"),
+            "competitors[2].aliases[1]: 'A' is a common word",
+        ),
+        (lambda d: d["competitors"][2]["aliases"].append("of the"), "competitors[2].aliases[1]: 'of the' is"),
+        (
+            lambda d: d["competitors"][2]["aliases"].append("--"),
+            "competitors[2].aliases[1]: '--' has no letter",
+        ),
+    ],
+)
+def test_ambiguous_terms_are_refused(change: Any, expected: str) -> None:
+    data = _base()
+    change(data)
+    (problem,) = _error(data).problems
+    assert problem.startswith(expected)
+
+
+def test_overlapping_terms_are_warned() -> None:
+    data = _base()
+    data["competitors"][1]["aliases"].append("Initech for Acme")
+    data["competitors"][1]["domains"].append("partners.acme.io")
+    data["competitors"][2]["aliases"].append("AI")
+    spec = parse_org_text(yaml.safe_dump(data))
+    assert org_warnings(spec) == [
+        "competitors[2].aliases[1]: 'AI' is very short; it may match unrelated words",
+        "competitors[1].aliases[1]: contains 'acme' (target.name); an answer naming it also counts as a "
+        "mention of target 'Acme'",
+        "competitors[1].domains[1]: 'partners.acme.io' is under 'acme.io' (target.domains[0]); a citation of "
+        "it also counts for target 'Acme'",
+    ]
+    assert org_warnings(parse_org_text(_example_text())) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "name"),
+    [
+        ("target.name", "Acme\x1b]0;pwned\x07\x1b[2J"),
+        ("competitors[0].name", "Glo\u202ebex"),
+        ("competitors[1].aliases[0]", "Init\u200bech"),
+        ("name", "Acme\u2028Analytics"),
+        ("models[0].model", "gpt\x00-4o"),
+        ("questions[0].text", "What is the \u202ebest tool?"),
+    ],
+)
+def test_names_with_escape_or_invisible_characters_are_refused(where: str, name: str) -> None:
+    data = _base()
+    if where == "target.name":
+        data["target"]["name"] = name
+    elif where == "competitors[0].name":
+        data["competitors"][0]["name"] = name
+    elif where == "competitors[1].aliases[0]":
+        data["competitors"][1]["aliases"][0] = name
+    elif where == "name":
+        data["name"] = name
+    elif where == "models[0].model":
+        data["models"][0]["model"] = name
+    else:
+        data["questions"][0] = name
+    (problem,) = _error(data).problems
+    assert problem.startswith(f"{where}: contains U+")
+    assert not any(ch in problem for ch in "\x1b\x07\x00\u202e\u200b\u2028")
+
+
+def test_inert_removes_escape_sequences_and_invisible_characters() -> None:
+    assert inert("Acme\x1b]0;pwned\x07\x1b[2J\u202e\u200b\x9b31m!") == "Acme!"
+    assert inert("a\tb\nc\x1b[31m", keep_newlines=True) == "a\tb\nc"
+    assert inert("Ünïcödé 名前 😀") == "Ünïcödé 名前 😀"
