@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from icp_pipeline.alerts import deliver_gate_alert, record_gate_failure
 from icp_pipeline.cli.main import EXIT_GATE_BLOCKED, _report_cycle
 from icp_pipeline.cli.runner import push_latest, run_cycle
 from icp_pipeline.db.models import (
@@ -26,7 +27,7 @@ from icp_pipeline.db.models import (
     QualityAlert,
     RunFailure,
 )
-from icp_pipeline.db.session import session_scope
+from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.defs.operations.sensors import run_failure_alert_sensor
 from icp_pipeline.defs.resources import AppDatabase, ModelProviderResource, PushResource
 from icp_pipeline.ledger import BudgetExhausted, cycle_spend_usd, purchase_subject
@@ -35,6 +36,7 @@ from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.org_file import parse_org_file, upsert_org
 from icp_pipeline.visibility.push import IDEMPOTENCY_HEADER, SIGNATURE_HEADER
+from icp_pipeline_tests.conftest import load_example
 from icp_pipeline_tests.support.pipeline import count, pipeline_defs
 from icp_pipeline_tests.support.webhook import WebhookReceiver
 
@@ -332,3 +334,49 @@ def test_a_cycle_over_budget_fails_the_rest_blocks_the_push_and_reuses_what_it_h
     assert (outcome.spent_usd, outcome.budget_usd) == (0.02, 0.01)
     assert _report_cycle(outcome) == EXIT_GATE_BLOCKED
     assert "spent $0.0200 of its budget_usd $0.0100" in capsys.readouterr().out
+
+
+# --- one alert per cycle and check, on both databases --------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def app_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_app")
+    request.getfixturevalue("icp_env")
+    url = request.getfixturevalue("postgres_databases")()
+    upgrade(url)
+    load_example(url)
+    return url
+
+
+def test_a_failed_gate_is_recorded_once_and_a_failed_delivery_is_retried_until_sent(app_url: str) -> None:
+    with session_scope(app_url) as session:
+        cycle_id = open_cycle(session, "acme")[0].id
+
+    def record() -> int:
+        with session_scope(app_url) as session:
+            return record_gate_failure(session, "acme", cycle_id, "completion", "ERROR", "1 of 45").id
+
+    first = record()
+    assert deliver_gate_alert(app_url, first, None, SECRET) == "off"  # no webhook configured yet
+    with WebhookReceiver(fail_first=5) as hook:
+        # Down: three attempts, recorded failed without the URL's path.
+        assert record() == first
+        assert deliver_gate_alert(app_url, first, hook.url, SECRET, backoff_seconds=0.01) == "failed"
+        assert len(hook.requests) == 3
+        with session_scope(app_url) as session:
+            alert = session.get(QualityAlert, first)
+            assert (alert.attempts, alert.error) == (3, f"HTTP 503 from {hook.url.removesuffix('/hook')}")
+    with WebhookReceiver() as hook:
+        # The next roll-up of the cycle retries it; once sent, never again.
+        assert record() == first
+        assert deliver_gate_alert(app_url, first, hook.url, SECRET) == "sent"
+        assert record() == first
+        assert deliver_gate_alert(app_url, first, hook.url, SECRET) == "sent"
+        assert len(hook.requests) == 1 and _signed(hook.requests[0])
+    assert count(app_url, QualityAlert) == 1
+    with session_scope(app_url) as session:
+        alert = session.get(QualityAlert, first)
+        assert (alert.status, alert.attempts, alert.error) == ("sent", 4, None)
+        assert alert.sent_at is not None
