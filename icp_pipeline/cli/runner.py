@@ -35,6 +35,7 @@ from icp_pipeline.visibility.cycles import (
     refresh_cycle,
     require_org,
 )
+from icp_pipeline.visibility.quality import blocked_by_gate
 
 __all__ = ["QUIET", "execute_one", "execute_partitions", "with_quiet_logs"]
 
@@ -191,7 +192,14 @@ def run_cycle(
         budget = require_org(session, org_id).budget_usd
         last = latest_cycle(session, org_id)
         if last is not None and last.status != "running":
-            if not delivered(session, last) and last.status == "succeeded":
+            undelivered = last.status == "succeeded" and not delivered(session, last)
+            if undelivered and new_cycle and blocked_by_gate(session, last.id):
+                # Re-rolling it would only be blocked again: the operator asked for the next cycle.
+                announce(
+                    f"cycle {last.id} of {org_id} stays unpushed (a blocking quality gate failed); "
+                    "opening a new cycle as asked"
+                )
+            elif undelivered:
                 announce(
                     f"cycle {last.id} of {org_id} is complete but was not delivered: rolling it up and "
                     "pushing it (nothing is bought)"
@@ -223,9 +231,11 @@ def run_cycle(
         f"cycle {cycle_id} of {org_id} ({verb}): {len(keys)} question runs to do; buying {planned.describe()}"
     )
     if budget is not None:
+        over = planned.usd > budget - spent
         announce(
             f"budget_usd {_usd(budget)} per cycle, {_usd(spent)} spent so far: purchases stop with "
             '"budget exhausted" once the cycle\'s spend reaches it'
+            + ("; the estimate is over what is left, so some runs may fail" if over else "")
         )
 
     from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
@@ -353,8 +363,9 @@ def finish_cycle(
             outcome.message = (
                 f"the push of cycle {cycle_id} was blocked by {len(outcome.blocked_by)} quality gate(s): "
                 + "; ".join(outcome.blocked_by)
-                + f". Nothing was pushed. Fix the cause and run `icp-pipeline org push {org_id}`, or push "
-                f"anyway with `icp-pipeline org push {org_id} --ignore-gates`"
+                + f". Nothing was pushed. Fix the cause and run `icp-pipeline org push {org_id}`, push "
+                f"anyway with `icp-pipeline org push {org_id} --ignore-gates`, or leave this cycle "
+                f"unpushed and open the next with `icp-pipeline org run {org_id} --new-cycle`"
             )
         elif not ok:
             outcome.message = (

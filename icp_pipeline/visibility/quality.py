@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, Org
+from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, Org, QualityAlert
 from icp_pipeline.ledger import cycle_spend_usd
 
 COMPLETION = "completion"
@@ -106,6 +106,18 @@ def cycle_facts(session: Session, cycle_id: int) -> CycleFacts:
                 CycleItem.error.contains(BUDGET_EXHAUSTED),
             )
         ),
+    )
+
+
+def blocked_by_gate(session: Session, cycle_id: int) -> bool:
+    """A blocking gate failed for the cycle at some roll-up (its alert record says so)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(QualityAlert)
+            .where(QualityAlert.cycle_id == cycle_id, QualityAlert.severity == "ERROR")
+        )
+        > 0
     )
 
 

@@ -335,6 +335,18 @@ def test_a_cycle_over_budget_fails_the_rest_blocks_the_push_and_reuses_what_it_h
     assert _report_cycle(outcome) == EXIT_GATE_BLOCKED
     assert "spent $0.0200 of its budget_usd $0.0100" in capsys.readouterr().out
 
+    # Asked for, the next cycle opens: the blocked one stays unpushed rather than being re-rolled.
+    announced: list[str] = []
+    with WebhookReceiver() as push_hook:
+        defs = _defs(sqlite_app, push_hook.url)
+        following = run_cycle("tiny", progress=False, defs=defs, new_cycle=True, announce=announced.append)
+        assert following.cycle_id == outcome.cycle_id + 1 and following.pushed
+        assert len(push_hook.requests) == 1
+    assert (
+        announced[0]
+        == "cycle 1 of tiny stays unpushed (a blocking quality gate failed); opening a new cycle as asked"
+    )
+
 
 # --- one alert per cycle and check, on both databases --------------------------------------------------
 

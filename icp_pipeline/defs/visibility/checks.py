@@ -19,13 +19,13 @@ from icp_pipeline.defs.visibility.assets import org_analytics
 from icp_pipeline.visibility import quality, steps
 
 
-def _gated_snapshot(app_db: AppDatabase, org_id: str) -> tuple[int, dict, dict | None]:
-    """(cycle id, analytics, previous cycle's analytics) of the snapshot org_analytics just stored."""
+def _gated_cycle(app_db: AppDatabase, org_id: str) -> tuple[int, quality.CycleFacts]:
+    """The cycle of the analytics org_analytics just stored, and its facts."""
     with session_scope(app_db.resolved_url) as session:
         snapshot = steps.latest_snapshot(session, org_id)
         if snapshot is None:
             raise dg.Failure(f"org {org_id!r} has no analytics to check", allow_retries=False)
-        return snapshot.cycle_id, snapshot.payload, steps.previous_payload(session, org_id, snapshot.cycle_id)
+        return snapshot.cycle_id, quality.cycle_facts(session, snapshot.cycle_id)
 
 
 def _report(
@@ -76,9 +76,7 @@ def completion_gate(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabase, push: PushResource
 ) -> dg.AssetCheckResult:
     org_id = context.partition_key
-    cycle_id, _payload, _previous = _gated_snapshot(app_db, org_id)
-    with session_scope(app_db.resolved_url) as session:
-        facts = quality.cycle_facts(session, cycle_id)
+    cycle_id, facts = _gated_cycle(app_db, org_id)
     return _report(context, app_db, push, org_id, cycle_id, quality.completion_gate(facts))
 
 
@@ -93,9 +91,7 @@ def no_synthetic_in_live_gate(
     push: PushResource,
 ) -> dg.AssetCheckResult:
     org_id = context.partition_key
-    cycle_id, _payload, _previous = _gated_snapshot(app_db, org_id)
-    with session_scope(app_db.resolved_url) as session:
-        facts = quality.cycle_facts(session, cycle_id)
+    cycle_id, facts = _gated_cycle(app_db, org_id)
     return _report(context, app_db, push, org_id, cycle_id, quality.synthetic_gate(facts, models.mode))
 
 
@@ -104,9 +100,7 @@ def within_budget_gate(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabase, push: PushResource
 ) -> dg.AssetCheckResult:
     org_id = context.partition_key
-    cycle_id, _payload, _previous = _gated_snapshot(app_db, org_id)
-    with session_scope(app_db.resolved_url) as session:
-        facts = quality.cycle_facts(session, cycle_id)
+    cycle_id, facts = _gated_cycle(app_db, org_id)
     return _report(context, app_db, push, org_id, cycle_id, quality.budget_gate(facts))
 
 
@@ -119,7 +113,12 @@ def no_significant_drop_gate(
     context: dg.AssetCheckExecutionContext, app_db: AppDatabase, push: PushResource
 ) -> dg.AssetCheckResult:
     org_id = context.partition_key
-    cycle_id, payload, previous = _gated_snapshot(app_db, org_id)
+    with session_scope(app_db.resolved_url) as session:
+        snapshot = steps.latest_snapshot(session, org_id)
+        if snapshot is None:
+            raise dg.Failure(f"org {org_id!r} has no analytics to check", allow_retries=False)
+        cycle_id, payload = snapshot.cycle_id, snapshot.payload
+        previous = steps.previous_payload(session, org_id, cycle_id)
     return _report(context, app_db, push, org_id, cycle_id, quality.drop_gate(payload, previous))
 
 
