@@ -7,6 +7,9 @@ bills each reply.
 
 import hashlib
 import hmac
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,7 +118,7 @@ def test_every_gate_passing_lets_the_push_through(sqlite_app: str, tmp_path: Pat
 
 
 def test_completion_below_min_blocks_the_push_and_alerts_once_per_cycle_and_check(
-    sqlite_app: str, tmp_path: Path, monkeypatch, capsys
+    sqlite_app: str, tmp_path: Path, monkeypatch
 ) -> None:
     _load_tiny(sqlite_app, tmp_path)
     with WebhookReceiver() as push_hook, WebhookReceiver(fail_first=1) as alert_hook:
@@ -154,11 +157,15 @@ def test_completion_below_min_blocks_the_push_and_alerts_once_per_cycle_and_chec
         }
         assert _alerts(sqlite_app) == [("completion", "ERROR", "sent", 2)]
 
-        # `org push` runs the gates again: still blocked, exit code 4, no second alert.
-        again = push_latest("tiny", defs=defs)
-        assert again.blocked_by == outcome.blocked_by and not again.pushed
-        assert _report_cycle(again) == EXIT_GATE_BLOCKED
-        assert "blocked by 1 quality gate(s)" in capsys.readouterr().err
+        # `org push`, as a user runs it: the gates run again, still blocked, exit 4, no second alert.
+        env = {**os.environ, "ICP_PUSH_WEBHOOK_URL": push_hook.url, "ICP_OFFLINE_FAIL_MODELS": ""}
+        command = [sys.executable, "-m", "icp_pipeline.cli.main", "org", "push", "tiny"]
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == EXIT_GATE_BLOCKED, again.stderr[-2000:]
+        assert (
+            "error: the push of cycle 1 was blocked by 1 quality gate(s): completion: cycle 1" in again.stderr
+        )
+        assert "spent $0.0000 (cycle 1, from the ledger)" in again.stdout
         assert len(alert_hook.requests) == 2 and push_hook.requests == []
 
         # The failure sensor records the blocked roll-up but does not alert it a second time.
