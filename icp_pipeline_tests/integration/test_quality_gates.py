@@ -270,8 +270,8 @@ class BilledProvider:
         return replace(response, synthetic=False, cost_usd=self.usd)
 
 
-def test_the_budget_stops_purchases_once_spent_and_reuse_still_works(sqlite_app: str) -> None:
-    with session_scope(sqlite_app) as session:
+def test_the_budget_stops_purchases_once_spent_and_reuse_still_works(app_url: str) -> None:
+    with session_scope(app_url) as session:
         session.get(Org, "acme").budget_usd = 0.025
         cycle, _ = open_cycle(session, "acme")
         cycle_id = cycle.id
@@ -279,7 +279,7 @@ def test_the_budget_stops_purchases_once_spent_and_reuse_still_works(sqlite_app:
     provider = BilledProvider(usd=0.01)
 
     def answers(key: str) -> dict:
-        return steps.buy_answers(sqlite_app, key, lambda _p, _m: provider)
+        return steps.buy_answers(app_url, key, lambda _p, _m: provider)
 
     for key in keys[:3]:  # spent 0, 0.01, 0.02: under the budget each time
         assert answers(key)["bought"] == 1
@@ -289,9 +289,9 @@ def test_the_budget_stops_purchases_once_spent_and_reuse_still_works(sqlite_app:
         ):
             answers(key)
     assert len(provider.requests) == 3
-    with session_scope(sqlite_app) as session:
+    with session_scope(app_url) as session:
         assert cycle_spend_usd(session, cycle_id) == 0.03
-    assert count(sqlite_app, ModelCall) == 3  # nothing recorded for the refused purchases
+    assert count(app_url, ModelCall) == 3  # nothing recorded for the refused purchases
     # An answer already in the ledger is reused past the budget: it costs nothing.
     assert answers(keys[0])["reused"] == 1 and len(provider.requests) == 3
 
