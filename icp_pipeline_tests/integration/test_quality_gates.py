@@ -399,3 +399,27 @@ def test_a_failed_gate_is_recorded_once_and_a_failed_delivery_is_retried_until_s
         alert = session.get(QualityAlert, first)
         assert (alert.status, alert.attempts, alert.error) == ("sent", 4, None)
         assert alert.sent_at is not None
+
+
+def test_the_sensor_s_rollup_job_runs_every_gate_and_the_override_job_only_the_warning() -> None:
+    defs = pipeline_defs("sqlite://")
+
+    def steps_of(job: str) -> set[str]:
+        return {node.name for node in defs.resolve_job_def(job).graph.nodes}
+
+    # cycle_complete_sensor requests org_rollup_job; `org run` and `org push` execute it too.
+    assert steps_of("org_rollup_job") == {
+        "latest_runs",
+        "org_analytics",
+        "org_analytics_completion",
+        "org_analytics_no_synthetic_in_live",
+        "org_analytics_within_budget",
+        "org_analytics_no_significant_drop",
+        "analytics_push",
+    }
+    assert steps_of("org_rollup_ungated_job") == {
+        "latest_runs",
+        "org_analytics",
+        "org_analytics_no_significant_drop",
+        "analytics_push",
+    }
