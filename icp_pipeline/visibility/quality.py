@@ -221,7 +221,7 @@ def drop_gate(current: dict[str, Any], previous: dict[str, Any] | None) -> GateR
         )
     previous_cycle = previous.get("cycle_id") if previous else None
     description = (
-        f"target {now.get('name')!r} since cycle {previous_cycle}: " + "; ".join(drops)
+        f"the target's drop since cycle {previous_cycle}: " + "; ".join(drops)
         if drops
         else f"no significant drop of the target's mention rate or share of voice since cycle {previous_cycle}"
     )
