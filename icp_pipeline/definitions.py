@@ -8,7 +8,13 @@ from icp_pipeline.defs.resources import resources_from_env
 from icp_pipeline.defs.segments.assets import segment_assets
 from icp_pipeline.defs.segments.jobs import segment_icp_job, site_segments_job, site_summary_job
 from icp_pipeline.defs.visibility import assets as visibility_assets
-from icp_pipeline.defs.visibility.jobs import org_cycle_job, org_rollup_job, question_run_job
+from icp_pipeline.defs.visibility.checks import org_checks
+from icp_pipeline.defs.visibility.jobs import (
+    org_cycle_job,
+    org_rollup_job,
+    org_rollup_ungated_job,
+    question_run_job,
+)
 from icp_pipeline.defs.visibility.sensors import cycle_complete_sensor
 
 
@@ -20,10 +26,12 @@ def build_defs(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
             *visibility_assets.org_assets,
             *segment_assets,
         ],
+        asset_checks=org_checks,
         jobs=[
             question_run_job,
             org_cycle_job,
             org_rollup_job,
+            org_rollup_ungated_job,
             site_segments_job,
             segment_icp_job,
             site_summary_job,

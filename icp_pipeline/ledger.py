@@ -6,10 +6,12 @@ A purchase has a subject ("answer:<item>", "claims:<item>", "segments:<site>:<in
 2. reuse a finished purchase of the subject from the ledger, if there is one;
 3. claim the subject (`purchase_claims`): another live claimant makes us wait (PurchaseInProgress)
    and reuse its purchase afterwards;
-4. buy; every response (complete or not, paid or failed) is written to the ledger the moment it
+4. a purchase for a cycle item is refused (BudgetExhausted) once the cycle spent its org's
+   `budget_usd`; reuse above never is;
+5. buy; every response (complete or not, paid or failed) is written to the ledger the moment it
    returns. A paused turn is continued by new calls (each its own row, same subject) within the step
    budget; a truncated, refused or empty one raises a non-retryable ProviderError.
-5. A ledger write that fails is retried (with backoff, for LEDGER_WRITE_RETRY_SECONDS), never the
+6. A ledger write that fails is retried (with backoff, for LEDGER_WRITE_RETRY_SECONDS), never the
    purchase. If it still fails, the paid response is spooled to a local file, the claim is kept, and
    the next attempt writes the spool to the ledger before it decides to buy.
 """
@@ -29,11 +31,11 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import delete, exc, select
+from sqlalchemy import delete, exc, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import ModelCall, PurchaseClaim
+from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, Org, PurchaseClaim
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.providers.base import (
     FINISH_COMPLETE,
@@ -161,6 +163,21 @@ class PurchaseInProgress(ProviderError):
         )
 
 
+class BudgetExhausted(ProviderError):
+    """The cycle's spend reached the org's `budget_usd`: this purchase is not made. Permanent (not
+    retryable): the item fails with "budget exhausted" and the cycle completes without it."""
+
+    def __init__(self, request: ModelRequest, subject: str, spent_usd: float, budget_usd: float) -> None:
+        super().__init__(
+            request.provider,
+            request.model,
+            f"budget exhausted: the cycle spent ${spent_usd:.4f} of its ${budget_usd:.4f} budget "
+            f"(budget_usd); {subject} was not bought",
+            retryable=False,
+        )
+        self.spent_usd, self.budget_usd = spent_usd, budget_usd
+
+
 class LedgerWriteFailed(RuntimeError):
     """A paid response could not be written to the ledger, even after retries. It is kept in the local
     spool and the purchase claim is kept: the next attempt writes it to the ledger instead of buying."""
@@ -222,6 +239,41 @@ def _latest_ok(db_url: str, subject: str) -> ModelCall | None:
         return latest_ok_call(session, subject)
 
 
+# --- budgets -----------------------------------------------------------------------------------------
+
+
+def cycle_spend_usd(session: Session, cycle_id: int) -> float:
+    """What a cycle has cost so far: the sum of its paid ledger rows (continuations, repairs and paid
+    but unusable replies included). Calls of unknown cost (no usage or no price) count as zero."""
+    spent = session.scalar(
+        select(func.coalesce(func.sum(ModelCall.cost_usd), 0.0))
+        .join(CycleItem, CycleItem.id == ModelCall.cycle_item_id)
+        .where(CycleItem.cycle_id == cycle_id, ModelCall.paid)
+    )
+    return round(float(spent or 0.0), 8)
+
+
+def check_cycle_budget(db_url: str, cycle_item_id: int, subject: str, request: ModelRequest) -> None:
+    """Raise BudgetExhausted when the item's cycle has spent its org's `budget_usd` (no budget: no limit).
+
+    Checked before each purchase, after reuse (a reused answer costs nothing). The check and the
+    purchase are not one transaction: purchases already past the check go on, so a cycle can exceed
+    its budget by at most the purchases in flight at that moment (the `llm` pool's limit, 3 by
+    default, each with its continuations or repair). The `within_budget` quality gate reports it."""
+    with session_scope(db_url) as session:
+        row = session.execute(
+            select(Cycle.id, Org.budget_usd)
+            .join(CycleItem, CycleItem.cycle_id == Cycle.id)
+            .join(Org, Org.id == Cycle.org_id)
+            .where(CycleItem.id == cycle_item_id)
+        ).first()
+        if row is None or row.budget_usd is None:
+            return
+        spent = cycle_spend_usd(session, row.id)
+    if spent >= row.budget_usd:
+        raise BudgetExhausted(request, subject, spent, row.budget_usd)
+
+
 def _purchase(
     purchase: Purchase,
     request: ModelRequest,
@@ -242,6 +294,8 @@ def _purchase(
     try:
         if (found := reusable()) is not None:  # bought by another run while we waited for the claim
             return found
+        if purchase.owner.get("cycle_item_id") is not None:
+            check_cycle_budget(purchase.db_url, purchase.owner["cycle_item_id"], purchase.subject, request)
         ledger = LedgerProvider(purchase, provider_for)
         return Bought(buy(ledger), ledger.calls, reused=False)
     except LedgerWriteFailed:

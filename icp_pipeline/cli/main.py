@@ -77,8 +77,9 @@ def _print_analytics(payload: dict) -> None:
 
 
 # Exit codes: 0 done, 1 failed, 2 bad input file, 3 a new cycle was not opened (see the message),
-# 130 interrupted.
+# 4 the push was blocked by a quality gate (the cycle ran; see the message), 130 interrupted.
 EXIT_REFUSED = 3
+EXIT_GATE_BLOCKED = 4
 
 
 def _announce(message: str) -> None:
@@ -120,8 +121,13 @@ def _report_cycle(outcome) -> int:  # noqa: ANN001 - CycleOutcome, imported lazi
     )
     if outcome.payload:
         _print_analytics(outcome.payload)
+    if outcome.spent_usd is not None:
+        budget = "" if outcome.budget_usd is None else f" of its budget_usd ${outcome.budget_usd:.4f}"
+        print(f"spent ${outcome.spent_usd:.4f}{budget} (cycle {outcome.cycle_id}, from the ledger)")
     if outcome.message and outcome.pushed:
         _print(outcome.message)
+    if outcome.blocked_by:
+        return _fail(outcome.message, EXIT_GATE_BLOCKED)
     if outcome.status != "succeeded" or not outcome.pushed:
         return _fail(outcome.message or "the cycle did not complete")
     return 0
@@ -135,7 +141,7 @@ def cmd_org_push(args: argparse.Namespace) -> int:
 
     ensure_schema()
     try:
-        outcome = push_latest(args.org)
+        outcome = push_latest(args.org, ignore_gates=getattr(args, "ignore_gates", False))
     except UnknownOrg as error:
         return _fail(str(error))
     if outcome is None:
@@ -342,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
         "push", help="roll up and push the latest complete cycle again, without buying anything"
     )
     push.add_argument("org")
+    push.add_argument(
+        "--ignore-gates",
+        action="store_true",
+        help="push even if a blocking quality gate fails (the gates are not evaluated; an operator override)",
+    )
     push.set_defaults(func=cmd_org_push)
     keys = org.add_parser("keys", help="print the org's question-run partition keys")
     keys.add_argument("org")

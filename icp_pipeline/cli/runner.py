@@ -14,15 +14,17 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from icp_pipeline.cli.recovery import reap_dead_runs
 from icp_pipeline.cli.workers import QUIET, execute_one, execute_partitions, with_quiet_logs
 from icp_pipeline.db.session import session_scope
+from icp_pipeline.ledger import cycle_spend_usd
 from icp_pipeline.settings import database_url
 from icp_pipeline.visibility import estimate, steps
 from icp_pipeline.visibility.cycles import (
@@ -33,6 +35,7 @@ from icp_pipeline.visibility.cycles import (
     refresh_cycle,
     require_org,
 )
+from icp_pipeline.visibility.quality import blocked_by_gate
 
 __all__ = ["QUIET", "execute_one", "execute_partitions", "with_quiet_logs"]
 
@@ -40,6 +43,8 @@ DEFAULT_MIN_CYCLE_INTERVAL = timedelta(hours=1)
 # How long `org run` waits for a roll-up that another process (the sensor, another `org run`) claimed.
 ROLLUP_WAIT_SECONDS = 180.0
 _ROLLUP_JOB = "org_rollup_job"
+# The roll-up without the blocking quality gates: `org push --ignore-gates` only.
+_UNGATED_ROLLUP_JOB = "org_rollup_ungated_job"
 
 
 @dataclass
@@ -54,6 +59,10 @@ class CycleOutcome:
     pushed: bool
     payload: dict[str, Any] | None
     message: str
+    # The blocking quality gates that stopped the push ("check: description"); empty otherwise.
+    blocked_by: list[str] = field(default_factory=list)
+    spent_usd: float | None = None  # the cycle's spend, from the ledger
+    budget_usd: float | None = None  # the org's budget_usd per cycle, if any
 
 
 def load_instance_and_defs(defs: Any = None) -> tuple[Any, Any]:
@@ -180,10 +189,17 @@ def run_cycle(
     is_live, overrides = _is_live(defs)
     interval = min_cycle_interval()
     with session_scope(db_url) as session:
-        require_org(session, org_id)
+        budget = require_org(session, org_id).budget_usd
         last = latest_cycle(session, org_id)
         if last is not None and last.status != "running":
-            if not delivered(session, last) and last.status == "succeeded":
+            undelivered = last.status == "succeeded" and not delivered(session, last)
+            if undelivered and new_cycle and blocked_by_gate(session, last.id):
+                # Re-rolling it would only be blocked again: the operator asked for the next cycle.
+                announce(
+                    f"cycle {last.id} of {org_id} stays unpushed (a blocking quality gate failed); "
+                    "opening a new cycle as asked"
+                )
+            elif undelivered:
                 announce(
                     f"cycle {last.id} of {org_id} is complete but was not delivered: rolling it up and "
                     "pushing it (nothing is bought)"
@@ -209,10 +225,18 @@ def run_cycle(
         keys = sorted({i.partition_key for i in cycle.items if i.status not in ("succeeded", "failed")})
         done = (cycle.completed, cycle.failed, cycle.total)
         planned = estimate.estimate(estimate.open_item_calls(session, cycle_id), is_live, overrides)
+        spent = cycle_spend_usd(session, cycle_id)
     verb = "opened" if created else "resuming"
     announce(
         f"cycle {cycle_id} of {org_id} ({verb}): {len(keys)} question runs to do; buying {planned.describe()}"
     )
+    if budget is not None:
+        over = planned.usd > budget - spent
+        announce(
+            f"budget_usd {_usd(budget)} per cycle, {_usd(spent)} spent so far: purchases stop with "
+            '"budget exhausted" once the cycle\'s spend reaches it'
+            + ("; the estimate is over what is left, so some runs may fail" if over else "")
+        )
 
     from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 
@@ -235,6 +259,23 @@ def run_cycle(
             bar.show(completed, failed)
     bar.close()
     return finish_cycle(org_id, cycle_id, instance, defs)
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.4f}"
+
+
+def blocking_gate_failures(instance: Any, run_id: str) -> list[str]:
+    """The blocking quality gates that failed in a roll-up run, as "check: description"."""
+    from dagster import AssetCheckSeverity, DagsterEventType
+
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+    failed = []
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if not evaluation.passed and evaluation.blocking and evaluation.severity == AssetCheckSeverity.ERROR:
+            failed.append(f"{evaluation.check_name}: {evaluation.description or 'failed'}")
+    return failed
 
 
 def _snapshot_payload(session: Any, org_id: str, cycle_id: int) -> dict[str, Any] | None:
@@ -279,14 +320,19 @@ def _wait_for_other_rollup(instance: Any, db_url: str, cycle_id: int, requested_
     return False
 
 
-def finish_cycle(org_id: str, cycle_id: int, instance: Any, defs: Any, force: bool = False) -> CycleOutcome:
+def finish_cycle(
+    org_id: str, cycle_id: int, instance: Any, defs: Any, force: bool = False, ignore_gates: bool = False
+) -> CycleOutcome:
     """Roll up and push a complete cycle, once: if another process claimed the roll-up, wait for it and
     report; if that process is gone or failed, do it here (the push is idempotent by its key).
-    `force` re-runs the roll-up even when the cycle was delivered (`org push`)."""
+    `force` re-runs the roll-up even when the cycle was delivered (`org push`); `ignore_gates` runs it
+    without the blocking quality gates (`org push --ignore-gates`)."""
     db_url = database_url()
     with session_scope(db_url) as session:
         cycle = refresh_cycle(session, cycle_id)
         outcome = _outcome(cycle)
+        outcome.spent_usd = cycle_spend_usd(session, cycle_id)
+        outcome.budget_usd = require_org(session, org_id).budget_usd
         if cycle.status == "running":
             outcome.message = (
                 f"cycle {cycle_id} of {org_id} is still running ({cycle.completed + cycle.failed} of "
@@ -307,9 +353,21 @@ def finish_cycle(org_id: str, cycle_id: int, instance: Any, defs: Any, force: bo
         outcome.message = f"cycle {cycle_id} of {org_id} was rolled up and pushed by another process"
     else:
         tags = {"icp/org": org_id, "icp/cycle_id": str(cycle_id), "icp/launched_by": "cli"}
-        ok, error = execute_one(defs.resolve_job_def(_ROLLUP_JOB), org_id, instance, tags)
+        job = defs.resolve_job_def(_UNGATED_ROLLUP_JOB if ignore_gates else _ROLLUP_JOB)
+        run_id = str(uuid.uuid4())
+        ok, error = execute_one(job, org_id, instance, tags, run_id=run_id)
         outcome.rolled_up = outcome.pushed = ok
         if not ok:
+            outcome.blocked_by = blocking_gate_failures(instance, run_id)
+        if outcome.blocked_by:
+            outcome.message = (
+                f"the push of cycle {cycle_id} was blocked by {len(outcome.blocked_by)} quality gate(s): "
+                + "; ".join(outcome.blocked_by)
+                + f". Nothing was pushed. Fix the cause and run `icp-pipeline org push {org_id}`, push "
+                f"anyway with `icp-pipeline org push {org_id} --ignore-gates`, or leave this cycle "
+                f"unpushed and open the next with `icp-pipeline org run {org_id} --new-cycle`"
+            )
+        elif not ok:
             outcome.message = (
                 f"roll-ups of cycle {cycle_id} failed: {error}. Nothing needs to be bought again: "
                 f"retry them with `icp-pipeline org push {org_id}`"
@@ -319,9 +377,10 @@ def finish_cycle(org_id: str, cycle_id: int, instance: Any, defs: Any, force: bo
     return outcome
 
 
-def push_latest(org_id: str, defs: Any = None) -> CycleOutcome | None:
-    """`org push`: roll up and push the org's latest cycle again without buying anything.
-    None when the org has no cycle yet."""
+def push_latest(org_id: str, defs: Any = None, ignore_gates: bool = False) -> CycleOutcome | None:
+    """`org push`: roll up and push the org's latest cycle again without buying anything; the quality
+    gates run again and block it as `org run` does, unless `ignore_gates`. None when the org has no
+    cycle yet."""
     instance, defs = load_instance_and_defs(defs)
     with session_scope(database_url()) as session:
         require_org(session, org_id)
@@ -329,4 +388,4 @@ def push_latest(org_id: str, defs: Any = None) -> CycleOutcome | None:
         if cycle is None:
             return None
         cycle_id = cycle.id
-    return finish_cycle(org_id, cycle_id, instance, defs, force=True)
+    return finish_cycle(org_id, cycle_id, instance, defs, force=True, ignore_gates=ignore_gates)

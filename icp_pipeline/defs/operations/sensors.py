@@ -95,21 +95,32 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
     run = context.dagster_run
     # The run's own message only names the failed steps; the steps' errors say what went wrong.
-    step_errors = [
-        f"{event.step_key}: {_error_chain(event.event_specific_data.error)}"
+    failed_steps = [
+        (event.step_key, event.event_specific_data.error)
         for event in context.get_step_failure_events()
         if event.event_specific_data and event.event_specific_data.error
     ]
+    step_errors = [f"{step_key}: {_error_chain(step_error)}" for step_key, step_error in failed_steps]
+    # A roll-up stopped only by blocking quality gates: each failed gate was already posted by its
+    # check (once per cycle and check); a run-level alert would say the same thing a second time.
+    gated = bool(failed_steps) and all(e.cls_name == GATE_FAILED_ERROR for _key, e in failed_steps)
     error = "\n".join([context.failure_event.message or "run failed", *step_errors])
     with session_scope(app_db.resolved_url) as session:
         failure = record_run_failure(
             session, run.run_id, run.job_name, run.tags.get("dagster/partition"), error
         )
         context.log.error(f"run failed: {json.dumps(alert_payload(failure))}")
-    status = deliver_alert(app_db.resolved_url, run.run_id, os.environ.get("ICP_ALERT_WEBHOOK_URL"))
-    if status == "failed":
-        context.log.warning(f"alert for run {run.run_id} could not be delivered; see run_failures")
+        if gated:
+            failure.alert_status = "quality_gate"  # not posted: see quality_alerts
+    if not gated:
+        status = deliver_alert(app_db.resolved_url, run.run_id, os.environ.get("ICP_ALERT_WEBHOOK_URL"))
+        if status == "failed":
+            context.log.warning(f"alert for run {run.run_id} could not be delivered; see run_failures")
     close_crashed_run(context, app_db, run)
+
+
+# The error Dagster raises in a check's step when a blocking check fails (dagster._core.errors).
+GATE_FAILED_ERROR = "DagsterAssetCheckFailedError"
 
 
 def _error_chain(error: SerializableErrorInfo | None) -> str:
