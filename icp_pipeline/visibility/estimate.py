@@ -89,11 +89,12 @@ def _answer_chars(question: str) -> int:
 
 
 def new_cycle_calls(session: Session, org_id: str) -> list[PlannedCall]:
-    """An answer and a claims call per active question x model x location."""
+    """An answer and a claims call per active question x model x location and sample."""
     calls = []
-    for _key, question, model, _location in combinations(session, org_id):
-        calls.append(PlannedCall("answer", model.provider, model.model, _answer_chars(question.text)))
-        calls.append(PlannedCall("claims", model.provider, model.model))
+    for combination in combinations(session, org_id):
+        provider, model = combination.model.provider, combination.model.model
+        calls.append(PlannedCall("answer", provider, model, _answer_chars(combination.question.text)))
+        calls.append(PlannedCall("claims", provider, model))
     return calls
 
 

@@ -138,7 +138,9 @@ def buy_answers(
                         country=country,
                         web_search=item.model.web_search,
                         max_output_tokens=answer_budget(item.model),
-                        offline_hints=hints,
+                        # Real providers get the same prompt for every sample; the offline one varies
+                        # its synthetic answer by sample, as a real assistant's answers vary.
+                        offline_hints={**hints, "sample": item.sample_index},
                     ),
                 )
             )
@@ -434,7 +436,8 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
 
 
 def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
-    """Flag, per question x model x location, the completed runs of the newest cycle that has one."""
+    """Flag, per question x model x location, the completed runs of the newest cycle that has one: every
+    completed sample of that cycle, and none of an older cycle (samples lowered from 3 to 1 leave one)."""
     with session_scope(db_url) as session:
         require_org(session, org_id)
         qr = QuestionRun
