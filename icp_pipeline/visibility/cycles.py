@@ -126,10 +126,10 @@ def orgs_without_cycle(session: Session) -> list[str]:
 
 def join_new_combinations(session: Session) -> dict[int, int]:
     """Add to each org's latest cycle the active combinations it lacks (a question, model or location
-    added to the org file since it opened, or samples raised), so new question runs get their first run now rather than
-    next cycle. A complete cycle re-opens and its roll-ups run again once the new items are done.
-    Only the latest cycle is compared, so the cost stays bounded by one cycle's size.
-    Returns {cycle id: items added}."""
+    added to the org file since it opened, or the samples of a raised `samples`), so new question runs
+    get their first run now rather than next cycle. A complete cycle re-opens and its roll-ups run again
+    once the new items are done. Only the latest cycle is compared, so the cost stays bounded by one
+    cycle's size. Returns {cycle id: items added}."""
     added: dict[int, int] = {}
     for org_id in list(session.scalars(select(Org.id).order_by(Org.id))):  # read out before writing
         cycle = latest_cycle(session, org_id)

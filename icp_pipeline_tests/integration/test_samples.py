@@ -12,6 +12,7 @@ from icp_pipeline.cli.runner import run_cycle
 from icp_pipeline.db.models import CycleItem, Mention, ModelCall, QuestionRun
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.visibility.cycles import desired_org_partitions, open_cycle, set_item_status
+from icp_pipeline.visibility.estimate import new_cycle_calls
 from icp_pipeline.visibility.keys import question_key, question_run_key
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline_tests.integration.test_operations import _apply, _tick
@@ -170,6 +171,9 @@ def test_raising_and_lowering_samples_mid_cycle_keeps_the_partitions_in_step(sql
         _apply(instance, _tick(instance, sqlite_app))
         # Raised to 3: the running cycle gets samples 2 and 3 of each question, their partitions and runs.
         _load(sqlite_app, {**one_sample, "samples": 3})
+        with session_scope(sqlite_app) as session:  # a new cycle's estimate counts every sample
+            planned = [(c.purpose, c.model) for c in new_cycle_calls(session, "acme")]
+        assert sorted(planned) == [("answer", "gpt-4o-mini")] * 3 + [("claims", "gpt-4o-mini")] * 3
         raised = _tick(instance, sqlite_app)
         sample_keys = {f"{k}|s{i}" for k in base_keys for i in (2, 3)}
         added = [r for r in raised.dynamic_partitions_requests if r.partitions_def_name == "question_runs"]

@@ -199,7 +199,7 @@ def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) 
 @dg.asset(
     partitions_def=orgs_partitions,
     group_name=ORG_GROUP,
-    description="Opens the org's next cycle (one item per question x model x location and sample), or reports the open one.",
+    description="Opens the org's next cycle (one item per question x model x location x sample), or reports the open one.",
     kinds={"python", "sql"},
 )
 def org_cycle(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
@@ -221,7 +221,7 @@ _ALL_QUESTION_RUNS = dg.AllPartitionMapping()
 @dg.asset(
     partitions_def=orgs_partitions,
     group_name=ORG_GROUP,
-    description="Flags the latest completed runs (every sample) of each question x model x location of the org.",
+    description="Flags each question x model x location's completed samples of its newest cycle.",
     kinds={"python", "sql"},
     deps=[dg.AssetDep(competitive_metrics, partition_mapping=_ALL_QUESTION_RUNS)],
     retry_policy=DB_RETRY,
