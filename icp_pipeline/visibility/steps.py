@@ -116,6 +116,7 @@ def buy_answers(
             ]
         }
         plan: list[tuple[int, ModelRequest]] = []
+        sample = items[0].sample_index + 1  # 1-based, as in the partition key (one item per partition)
         for item in items:
             answered = latest_ok_call(session, purchase_subject("answer", item.id)) is not None
             if item.status == "failed" and not answered:  # a retry of a failed partition re-opens it
@@ -165,6 +166,7 @@ def buy_answers(
     calls = [p.value for p in purchases]
     bought = [p.value for p in purchases if not p.reused]
     return {
+        "sample": sample,
         "bought": len(bought),
         "reused": len(calls) - len(bought),
         "paid_calls": sum(p.bought for p in purchases),

@@ -76,7 +76,7 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=450,  # 135 question runs: the example asks 3 samples
     )
     assert demo.returncode == 0, demo.stderr[-2000:]
     # The example asks each question x model x location 3 times: 135 question runs.

@@ -63,7 +63,9 @@ def test_samples_are_separate_question_runs_and_only_the_newest_cycles_count(sql
     second_sample, third_sample = f"{first_sample}|s2", f"{first_sample}|s3"
     instance.add_dynamic_partitions("question_runs", [second_sample])
     job = defs.resolve_job_def("question_run_job")
-    assert job.execute_in_process(partition_key=second_sample, instance=instance).success
+    alone = job.execute_in_process(partition_key=second_sample, instance=instance)
+    assert alone.success
+    assert alone.asset_materializations_for_node("ai_answer")[0].metadata["sample"].value == 2
     with session_scope(sqlite_app) as session:
         statuses = dict(
             session.execute(

@@ -62,7 +62,7 @@ def _question_run_asset(**kwargs: Any) -> Callable:
 
 
 @_question_run_asset(
-    description="Asks the assistant the question (once per cycle) and records the paid answer in the ledger.",
+    description="Asks the assistant the question (once per cycle and sample) and records the answer in the ledger.",
     kinds={"python", "llm"},
     pool=LLM_POOL,
     retry_policy=MODEL_RETRY,
@@ -77,6 +77,7 @@ def ai_answer(
     return dg.MaterializeResult(
         metadata=known(
             {
+                "sample": summary["sample"],
                 "answers_bought": summary["bought"],
                 "answers_reused": summary["reused"],
                 "input_tokens": summary["input_tokens"],
