@@ -132,7 +132,7 @@ def test_samples_are_separate_question_runs_and_only_the_newest_cycles_count(sql
     assert payload["latest_runs"] == 5
     assert {row["runs"] for row in payload["companies"]} == {5}
     stability = [row["stability"] for rows in payload["by_question"].values() for row in rows]
-    assert {s["repeated_combinations"] for s in stability} == {2}  # both models ask each question twice+
+    assert {s["repeated_combinations"] for s in stability} == {2}  # each model asks the question 2+ times
     assert any(s["disagreeing_combinations"] > 0 for s in stability)
 
     # Running the cycle's partitions again buys nothing.
