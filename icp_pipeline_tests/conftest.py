@@ -5,13 +5,31 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from icp_pipeline.cli.instance import write_embedded_instance_yaml
 from icp_pipeline.db import session as db_session
 from icp_pipeline.db.session import session_scope, upgrade
-from icp_pipeline.visibility.org_file import parse_org_file, upsert_org
+from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 
 EXAMPLE_ORG = Path(__file__).parent.parent / "icp_pipeline" / "examples" / "acme.yaml"
+
+
+def example_org_data(samples: int = 1) -> dict:
+    """The example org file as data, asking each question x model x location `samples` times.
+    The example itself asks 3 times (135 question runs); tests that are not about samples use one
+    (45 runs), a third of the work, and keep the counts they always had."""
+    data = yaml.safe_load(EXAMPLE_ORG.read_text())
+    data["samples"] = samples
+    return data
+
+
+def write_example_org(path: Path, samples: int = 1) -> Path:
+    """The example org file with `samples` written to `path`, for `icp-pipeline org load`."""
+    path.write_text(yaml.safe_dump(example_org_data(samples), sort_keys=False))
+    return path
+
+
 PG_ADMIN_URL = os.environ.get("ICP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
@@ -60,7 +78,8 @@ def write_instance_yaml(dagster_home: Path, storage_url: str | None = None) -> N
 
 @pytest.fixture
 def sqlite_app(icp_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """App database on SQLite, migrated, with the example org loaded; Dagster on SQLite with pool llm=3."""
+    """App database on SQLite, migrated, with the example org loaded (one sample: 45 question runs);
+    Dagster on SQLite with pool llm=3."""
     url = f"sqlite:///{icp_env / 'app.db'}"
     monkeypatch.setenv("ICP_DATABASE_URL", url)
     write_instance_yaml(icp_env / "dagster_home")
@@ -69,9 +88,10 @@ def sqlite_app(icp_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
-def load_example(url: str) -> None:
+def load_example(url: str, samples: int = 1) -> None:
+    """The example org, with one sample per combination unless asked for more (see example_org_data)."""
     with session_scope(url) as session:
-        upsert_org(session, parse_org_file(EXAMPLE_ORG))
+        upsert_org(session, parse_org_text(yaml.safe_dump(example_org_data(samples)), str(EXAMPLE_ORG)))
 
 
 @pytest.fixture

@@ -59,9 +59,15 @@ def cmd_org_load(args: argparse.Namespace) -> int:
     ensure_schema()
     with session_scope() as session:
         changes = upsert_org(session, spec)
+    # Each sample is its own question run: a model asks its own `samples`, else the org's.
+    samples = [m.samples or spec.samples for m in spec.models]
+    if len(set(samples)) > 1:
+        asked = f"samples per model {'/'.join(map(str, samples))}, "
+    else:
+        asked = f"{samples[0]} samples, " if samples[0] > 1 else ""
     _print(
         f"org {spec.id}: {len(spec.competitors) + 1} companies, {len(spec.models)} models, {len(spec.locations)} "
-        f"locations, {len(spec.question_specs())} questions ({runs_per_cycle(spec)} question runs per cycle); "
+        f"locations, {len(spec.question_specs())} questions ({asked}{runs_per_cycle(spec)} question runs per cycle); "
         f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
     )
     # At list prices as if every non-offline model is called for real (without an API key a provider's
@@ -164,7 +170,7 @@ def cmd_org_keys(args: argparse.Namespace) -> int:
         keys = (
             failed_partitions(session, args.org)
             if args.failed
-            else [k for k, *_ in combinations(session, args.org)]
+            else [c.key for c in combinations(session, args.org)]
         )
     for key in keys:
         print(key)
@@ -354,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="push even if a blocking quality gate fails (the gates are not evaluated; an operator override)",
     )
     push.set_defaults(func=cmd_org_push)
-    keys = org.add_parser("keys", help="print the org's question-run partition keys")
+    keys = org.add_parser(
+        "keys", help="print the org's question-run partition keys (one per sample: KEY, KEY|s2, ...)"
+    )
     keys.add_argument("org")
     keys.add_argument("--failed", action="store_true", help="only the keys that failed in the latest cycle")
     keys.set_defaults(func=cmd_org_keys)

@@ -1,5 +1,8 @@
 """Deterministic synthetic answers, so the whole pipeline runs with no API key.
 
+An answer depends on the provider, model, country, prompt and sample (`offline_hints["sample"]`):
+the samples of one question differ, as a real assistant's answers do, and re-asking gives the same.
+
 Everything it returns is marked synthetic. Latency and failures can be injected for demos,
 benchmarks and tests of the orchestration.
 """
@@ -82,7 +85,11 @@ def _rng(*parts: object) -> random.Random:
 
 def _synthetic_answer(request: ModelRequest) -> tuple[str, list[SourceCitation]]:
     companies: list[dict] = list(request.offline_hints.get("companies", []))
-    rng = _rng(request.provider, request.model, request.country, request.prompt)
+    # Each sample of a question gets its own answer; sample 0 keeps the seed it always had.
+    sample = int(request.offline_hints.get("sample", 0))
+    rng = _rng(
+        request.provider, request.model, request.country, request.prompt, *([sample] if sample else [])
+    )
     rng.shuffle(companies)
     # Some answers name nobody we track; most name a varying subset in a varying order.
     chosen = [] if rng.random() < 0.1 else companies[: rng.randint(1, max(1, len(companies)))]

@@ -1,6 +1,7 @@
 """Cycle manifests: open a cycle, track each item's status, and decide when a cycle is complete."""
 
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -31,7 +32,24 @@ def require_org(session: Session, org_id: str) -> Org:
     return org
 
 
-def combinations(session: Session, org_id: str) -> list[tuple[str, Question, OrgModel, OrgLocation]]:
+class Combination(NamedTuple):
+    """One question run of a cycle: a question x model x location and one of its samples."""
+
+    key: str  # the question-run partition key
+    question: Question
+    model: OrgModel
+    location: OrgLocation
+    sample_index: int  # 0-based
+
+
+def model_samples(org: Org, model: OrgModel) -> int:
+    """How many times a cycle asks each question of this model: its own `samples`, else the org's."""
+    return model.samples or org.samples or 1
+
+
+def combinations(session: Session, org_id: str) -> list[Combination]:
+    """Every active question x model x location of the org, once per sample of its model."""
+    org = require_org(session, org_id)
     questions = session.scalars(
         select(Question).where(Question.org_id == org_id, Question.active).order_by(Question.position)
     )
@@ -48,10 +66,11 @@ def combinations(session: Session, org_id: str) -> list[tuple[str, Question, Org
         )
     )
     return [
-        (question_run_key(org_id, q.key, m.slug, loc.country_code), q, m, loc)
+        Combination(question_run_key(org_id, q.key, m.slug, loc.country_code, sample), q, m, loc, sample)
         for q in questions
         for m in models
         for loc in locations
+        for sample in range(model_samples(org, m))
     ]
 
 
@@ -61,17 +80,18 @@ def latest_cycle(session: Session, org_id: str) -> Cycle | None:
     ).first()
 
 
-def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tuple[Cycle, bool]:
+def open_cycle(session: Session, org_id: str) -> tuple[Cycle, bool]:
     """The org's running cycle, or a new one with one item per combination and sample.
     Returns (cycle, created)."""
-    require_org(session, org_id)
+    org = require_org(session, org_id)
     # Take the org row's write lock first (a row lock on PostgreSQL, the database's on SQLite), so two
     # commands opening a cycle at once share one instead of opening two and buying both.
     session.execute(update(Org).where(Org.id == org_id).values(updated_at=Org.updated_at))
     running = session.scalars(select(Cycle).where(Cycle.org_id == org_id, Cycle.status == "running")).first()
     if running is not None:
         return running, False
-    cycle = Cycle(org_id=org_id, samples_per_item=samples_per_item)
+    # The org's samples at opening, for the record; a model's own `samples` may differ (see the items).
+    cycle = Cycle(org_id=org_id, samples_per_item=org.samples)
     session.add(cycle)
     session.flush()
     items = _items(cycle, combinations(session, org_id))
@@ -83,19 +103,18 @@ def open_cycle(session: Session, org_id: str, samples_per_item: int = 1) -> tupl
     return cycle, True
 
 
-def _items(cycle: Cycle, combos: list[tuple[str, Question, OrgModel, OrgLocation]]) -> list[CycleItem]:
-    """One pending item per combination and sample of the cycle."""
+def _items(cycle: Cycle, combos: list[Combination]) -> list[CycleItem]:
+    """One pending item per combination and sample: each sample is its own question-run partition."""
     return [
         CycleItem(
             cycle_id=cycle.id,
-            partition_key=key,
-            question_id=q.id,
-            model_id=m.id,
-            location_id=loc.id,
-            sample_index=sample,
+            partition_key=c.key,
+            question_id=c.question.id,
+            model_id=c.model.id,
+            location_id=c.location.id,
+            sample_index=c.sample_index,
         )
-        for key, q, m, loc in combos
-        for sample in range(cycle.samples_per_item)
+        for c in combos
     ]
 
 
@@ -107,10 +126,10 @@ def orgs_without_cycle(session: Session) -> list[str]:
 
 def join_new_combinations(session: Session) -> dict[int, int]:
     """Add to each org's latest cycle the active combinations it lacks (a question, model or location
-    added to the org file since it opened), so new question runs get their first run now rather than
-    next cycle. A complete cycle re-opens and its roll-ups run again once the new items are done.
-    Only the latest cycle is compared, so the cost stays bounded by one cycle's size.
-    Returns {cycle id: items added}."""
+    added to the org file since it opened, or the samples of a raised `samples`), so new question runs
+    get their first run now rather than next cycle. A complete cycle re-opens and its roll-ups run again
+    once the new items are done. Only the latest cycle is compared, so the cost stays bounded by one
+    cycle's size. Returns {cycle id: items added}."""
     added: dict[int, int] = {}
     for org_id in list(session.scalars(select(Org.id).order_by(Org.id))):  # read out before writing
         cycle = latest_cycle(session, org_id)
@@ -119,7 +138,7 @@ def join_new_combinations(session: Session) -> dict[int, int]:
         present = set(
             session.scalars(select(CycleItem.partition_key).where(CycleItem.cycle_id == cycle.id).distinct())
         )
-        combos = [c for c in combinations(session, org_id) if c[0] not in present]
+        combos = [c for c in combinations(session, org_id) if c.key not in present]
         if combos:
             session.add_all(_items(cycle, combos))
             session.flush()
@@ -129,7 +148,8 @@ def join_new_combinations(session: Session) -> dict[int, int]:
 
 
 def items_for_partition(session: Session, partition_key: str) -> list[CycleItem]:
-    """The items of a question-run partition in the latest cycle that has it (all its samples)."""
+    """The items of a question-run partition in the latest cycle that has it: one since each sample has
+    its own partition (cycles opened before that may hold several samples under one key)."""
     cycle_id = session.scalar(
         select(func.max(CycleItem.cycle_id)).where(CycleItem.partition_key == partition_key)
     )
@@ -232,11 +252,22 @@ def cycles_ready_for_rollup(session: Session) -> list[Cycle]:
 
 
 def desired_org_partitions(session: Session) -> tuple[set[str], set[str]]:
-    """(org ids, question-run keys of every active combination) as the app database has them."""
+    """(org ids, question-run keys) as the app database has them: the key of every active combination
+    and sample, and of every unfinished item of a running cycle. A running cycle finishes what it opened
+    with (lowering `samples` or removing a question mid-cycle must not strand its items); the extra keys
+    go once it is done, and their runs and history stay in the database."""
     orgs = set(session.scalars(select(Org.id)))
     keys: set[str] = set()
     for org_id in orgs:
-        keys.update(key for key, *_ in combinations(session, org_id))
+        keys.update(c.key for c in combinations(session, org_id))
+    keys.update(
+        session.scalars(
+            select(CycleItem.partition_key)
+            .join(Cycle, Cycle.id == CycleItem.cycle_id)
+            .where(Cycle.status == "running", CycleItem.status.not_in(TERMINAL))
+            .distinct()
+        )
+    )
     return orgs, keys
 
 

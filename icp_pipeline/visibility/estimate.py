@@ -91,13 +91,14 @@ def _answer_chars(question: str) -> int:
 
 def new_cycle_calls(session: Session, org_id: str) -> list[PlannedCall]:
     """An answer and a claims call (to the org's grader, else the answering model) per active
-    question x model x location."""
+    question x model x location and sample."""
     org = session.get(Org, org_id)
     configured = org_grader(org.grader_provider, org.grader_model) if org else None
     calls = []
-    for _key, question, model, _location in combinations(session, org_id):
-        calls.append(PlannedCall("answer", model.provider, model.model, _answer_chars(question.text)))
-        grader = grader_for(configured, model.provider, model.model)
+    for combination in combinations(session, org_id):
+        provider, model = combination.model.provider, combination.model.model
+        calls.append(PlannedCall("answer", provider, model, _answer_chars(combination.question.text)))
+        grader = grader_for(configured, provider, model)
         calls.append(PlannedCall("claims", grader.provider, grader.model))
     return calls
 

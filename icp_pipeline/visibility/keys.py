@@ -4,6 +4,7 @@ import hashlib
 import re
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
 
 
 def question_key(text: str) -> str:
@@ -15,9 +16,14 @@ def question_key(text: str) -> str:
 
 
 def model_slug(provider: str, model: str) -> str:
-    return f"{provider}-{_UNSAFE.sub('-', model).strip('-')}"
+    # Dagster rejects partition keys containing "...": runs of dots become one.
+    return f"{provider}-{_DOTS.sub('.', _UNSAFE.sub('-', model)).strip('-')}"
 
 
-def question_run_key(org_id: str, question: str, model: str, country: str) -> str:
-    """`acme|q-1a2b3c|openai-gpt-4o-mini|US`: one partition per org x question x model x location."""
-    return f"{org_id}|{question}|{model}|{country}"
+def question_run_key(org_id: str, question: str, model: str, country: str, sample_index: int = 0) -> str:
+    """`acme|q-1a2b3c|openai-gpt-4o-mini|US`: one partition per org x question x model x location and
+    sample. Sample 0 has the bare key, so an org asking once keeps its partitions and their history when
+    it starts asking more often; sample i >= 1 adds `|s<i + 1>` (1-based, as people count samples):
+    `acme|q-1a2b3c|openai-gpt-4o-mini|US|s2` is the second sample."""
+    base = f"{org_id}|{question}|{model}|{country}"
+    return base if sample_index == 0 else f"{base}|s{sample_index + 1}"

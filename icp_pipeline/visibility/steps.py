@@ -123,6 +123,7 @@ def buy_answers(
             ]
         }
         plan: list[tuple[int, ModelRequest]] = []
+        sample = items[0].sample_index + 1  # 1-based, as in the partition key (one item per partition)
         for item in items:
             answered = latest_ok_call(session, purchase_subject("answer", item.id)) is not None
             if item.status == "failed" and not answered:  # a retry of a failed partition re-opens it
@@ -145,7 +146,9 @@ def buy_answers(
                         country=country,
                         web_search=item.model.web_search,
                         max_output_tokens=answer_budget(item.model),
-                        offline_hints=hints,
+                        # Real providers get the same prompt for every sample; the offline one varies
+                        # its synthetic answer by sample, as a real assistant's answers vary.
+                        offline_hints={**hints, "sample": item.sample_index},
                     ),
                 )
             )
@@ -170,6 +173,7 @@ def buy_answers(
     calls = [p.value for p in purchases]
     bought = [p.value for p in purchases if not p.reused]
     return {
+        "sample": sample,
         "bought": len(bought),
         "reused": len(calls) - len(bought),
         "paid_calls": sum(p.bought for p in purchases),
@@ -445,7 +449,8 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
 
 
 def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
-    """Flag, per question x model x location, the completed runs of the newest cycle that has one."""
+    """Flag, per question x model x location, the completed runs of the newest cycle that has one: every
+    completed sample of that cycle, and none of an older cycle (samples lowered from 3 to 1 leave one)."""
     with session_scope(db_url) as session:
         require_org(session, org_id)
         qr = QuestionRun

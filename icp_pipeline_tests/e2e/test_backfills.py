@@ -22,7 +22,7 @@ from icp_pipeline.db.models import Cycle, CycleItem, ModelCall
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.segments.site_file import parse_site_text, upsert_site
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.conftest import example_org_data
 from icp_pipeline_tests.e2e.conftest import ProductionStack
 from icp_pipeline_tests.integration.test_segments import EXAMPLE_SITE
 from icp_pipeline_tests.support.dagster_services import (
@@ -59,7 +59,7 @@ Status = dg.DagsterRunStatus
 
 def _load_small_org_and_site(app_url: str) -> None:
     """3 questions x 3 models x 1 location = 9 question runs; a site with 4 imported segments."""
-    org = yaml.safe_load(EXAMPLE_ORG.read_text())
+    org = example_org_data()
     org["questions"], org["locations"] = org["questions"][:3], ["US"]
     # The first cycle completes 3 of 9 runs and must still push (the completion gate's default is 0.8).
     org["min_completion"] = 0.3

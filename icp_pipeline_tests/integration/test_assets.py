@@ -14,7 +14,7 @@ from icp_pipeline.defs.visibility import assets as va
 from icp_pipeline.providers.base import ModelProvider, ModelRequest, ModelResponse
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.conftest import example_org_data
 from icp_pipeline_tests.support.pipeline import count
 
 QUESTION_RUN_ASSETS = va.question_run_assets
@@ -95,7 +95,7 @@ def test_alias_change_is_recomputed_from_stored_answers_without_model_calls(
     assert "options" in answer  # every offline answer says "Here are options ... worth a look"
 
     # A new competitor whose alias appears in the stored answer.
-    spec = yaml.safe_load(EXAMPLE_ORG.read_text())
+    spec = example_org_data()
     spec["competitors"].append({"name": "Optionly", "aliases": ["options"], "domains": ["optionly.com"]})
     with session_scope(sqlite_app) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(spec)))

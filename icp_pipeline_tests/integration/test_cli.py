@@ -76,13 +76,14 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=450,  # 135 question runs: the example asks 3 samples
     )
     assert demo.returncode == 0, demo.stderr[-2000:]
-    assert "cycle 1 of acme: succeeded; 45 completed, 0 failed of 45" in demo.stdout
-    assert "| Acme | yes | 45 |" in demo.stdout
+    # The example asks each question x model x location 3 times: 135 question runs.
+    assert "cycle 1 of acme: succeeded; 135 completed, 0 failed of 135" in demo.stdout
+    assert "| Acme | yes | 135 |" in demo.stdout
     assert "Synthetic data from the offline provider" in demo.stdout
-    assert "45/45" in demo.stderr  # the progress bar
+    assert "135/135" in demo.stderr  # the progress bar
     assert (icp_env / "dagster_home" / "dagster.yaml").exists()
     assert (icp_env / "outbox" / "acme" / "cycle-1.json").exists()
 
@@ -95,7 +96,7 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     )
     assert report.returncode == 0
     payload = json.loads(report.stdout)
-    assert payload["runs"] == {"total": 45, "completed": 45, "failed": 0}
+    assert payload["runs"] == {"total": 135, "completed": 135, "failed": 0}
     assert payload == json.loads((icp_env / "outbox" / "acme" / "cycle-1.json").read_text())
 
     # A second demo reports the example cycle; it never buys a second one.
@@ -108,10 +109,10 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "cycle 1 of acme already ran; showing its analytics" in again.stdout
-    assert "| Acme | yes | 45 |" in again.stdout
+    assert "| Acme | yes | 135 |" in again.stdout
     assert not (icp_env / "outbox" / "acme" / "cycle-2.json").exists()
     db_url = f"sqlite:///{icp_env / 'app.db'}"
-    assert count(db_url, ModelCall, ModelCall.purpose == "answer") == 45
+    assert count(db_url, ModelCall, ModelCall.purpose == "answer") == 135
 
 
 def test_bad_site_file_names_the_field_and_writes_nothing(migrated, tmp_path, capsys) -> None:
@@ -167,4 +168,8 @@ def test_org_keys_failed_lists_the_failed_partitions_of_the_latest_cycle(migrate
     assert main(["org", "keys", "acme", "--failed"]) == 0
     assert capsys.readouterr().out.split() == expected
     assert main(["org", "keys", "acme"]) == 0
-    assert len(capsys.readouterr().out.split()) == 45
+    # Every sample's key: the example asks 3 times, KEY, KEY|s2 and KEY|s3.
+    keys = capsys.readouterr().out.split()
+    assert len(keys) == len(set(keys)) == 135
+    assert sum(k.endswith("|s2") for k in keys) == sum(k.endswith("|s3") for k in keys) == 45
+    assert {f"{k}|s2" for k in keys if k.count("|") == 3} == {k for k in keys if k.endswith("|s2")}

@@ -8,7 +8,7 @@ from icp_pipeline.db.models import Cycle, CycleItem
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.visibility.cycles import open_cycle, set_item_status
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.conftest import example_org_data
 from icp_pipeline_tests.integration.test_operations import _apply, _tick
 
 
@@ -39,7 +39,7 @@ def test_a_question_added_after_the_cycle_joins_it_and_reopens_it(sqlite_app: st
             set_item_status(session, item, "succeeded")
         assert session.get(Cycle, cycle_id).status == "succeeded"
 
-    spec = yaml.safe_load(EXAMPLE_ORG.read_text())
+    spec = example_org_data()
     spec["questions"].append("Which analytics tool has the best privacy controls?")
     with session_scope(sqlite_app) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(spec)))

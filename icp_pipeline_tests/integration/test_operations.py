@@ -20,9 +20,9 @@ from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_fail
 from icp_pipeline.defs.resources import AppDatabase
 from icp_pipeline.segments.site_file import parse_site_file, upsert_site
 from icp_pipeline.segments.steps import sites_ready_for_summary, unbuilt_segments
-from icp_pipeline.visibility.cycles import open_cycle
+from icp_pipeline.visibility.cycles import open_cycle, set_item_status
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.conftest import example_org_data
 from icp_pipeline_tests.integration.test_segments import EXAMPLE_SITE
 from icp_pipeline_tests.support.pipeline import pipeline_defs
 from icp_pipeline_tests.support.webhook import WebhookReceiver
@@ -65,15 +65,22 @@ def test_sync_sensor_mirrors_the_database_and_requests_first_runs(sqlite_app: st
         assert second.dynamic_partitions_requests == []
         assert {r.run_key for r in second.run_requests} == {r.run_key for r in first.run_requests}
 
-        # A question removed from the org file: its 9 partitions go in one delete request.
-        spec = yaml.safe_load(EXAMPLE_ORG.read_text())
+        # A question removed from the org file while the cycle runs: the cycle still finishes its 9
+        # question runs (their runs are still requested), then their partitions go in one delete request.
+        spec = example_org_data()
         spec["questions"] = spec["questions"][1:]
         with session_scope(sqlite_app) as session:
             upsert_org(session, parse_org_text(yaml.safe_dump(spec)))
         third = _tick(instance, sqlite_app)
+        assert third.dynamic_partitions_requests == []
+        assert {r.run_key for r in third.run_requests} == {r.run_key for r in first.run_requests}
+        with session_scope(sqlite_app) as session:
+            for item in session.scalars(sa.select(CycleItem).where(CycleItem.cycle_id == cycle_id)):
+                set_item_status(session, item, "succeeded")
+        fourth = _tick(instance, sqlite_app)
         assert [
             (type(r).__name__, r.partitions_def_name, len(r.partition_keys))
-            for r in third.dynamic_partitions_requests
+            for r in fourth.dynamic_partitions_requests
         ] == [("DeleteDynamicPartitionsRequest", "question_runs", 9)]
 
 
@@ -110,9 +117,9 @@ def _daily(url: str, when: datetime) -> list[tuple[str, str]]:
 
 
 def test_daily_schedule_opens_each_orgs_cycle_when_its_own_cron_fires(sqlite_app: str) -> None:
-    acme = yaml.safe_load(EXAMPLE_ORG.read_text())
+    acme = example_org_data()
     acme["schedule"] = "30 9 * * 1-5"  # weekdays at 09:30
-    globex = yaml.safe_load(EXAMPLE_ORG.read_text())
+    globex = example_org_data()
     globex.update(id="globex", name="Globex")  # no schedule: the default 0 6 * * *
     with session_scope(sqlite_app) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(acme)))

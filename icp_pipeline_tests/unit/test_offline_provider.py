@@ -74,6 +74,27 @@ def test_answers_differ_across_models() -> None:
     assert differing
 
 
+def test_samples_of_one_question_differ_and_each_is_deterministic() -> None:
+    provider = OfflineProvider()
+    terms = [CompanyTerms(i, c["name"], (), tuple(c["domains"])) for i, c in enumerate(COMPANIES)]
+
+    def answer(question: str, sample: int) -> str:
+        request = _request(question)
+        hints = {**request.offline_hints, "sample": sample}
+        return provider.complete(replace(request, offline_hints=hints)).text
+
+    for question in QUESTIONS:
+        # Sample 0 is the answer the provider always gave (no sample hint), so samples-1 orgs keep it.
+        assert answer(question, 0) == provider.complete(_request(question)).text
+        assert answer(question, 2) == answer(question, 2)
+    # Across three samples, some company is named in one sample and not in another.
+    named = {
+        q: [frozenset(m.company_id for m in find_mentions(answer(q, s), terms)) for s in range(3)]
+        for q in QUESTIONS
+    }
+    assert any(len(set(samples)) > 1 for samples in named.values())
+
+
 def test_answers_differ_across_questions() -> None:
     provider = OfflineProvider()
     bodies = {tuple(_body(provider.complete(_request(q)).text)) for q in QUESTIONS}

@@ -62,6 +62,7 @@ def test_example_file_parses() -> None:
         ("gemini", "gemini-2.5-flash", False),
     ]
     assert spec.locations == ["US", "DE", "FR"]
+    assert spec.samples == 3 and all(m.samples is None for m in spec.models)
 
 
 def test_plain_string_questions_get_question_keys() -> None:

@@ -66,7 +66,7 @@ def _question_run_asset(**kwargs: Any) -> Callable:
 
 
 @_question_run_asset(
-    description="Asks the assistant the question (once per cycle) and records the paid answer in the ledger.",
+    description="Asks the assistant the question (once per cycle and sample) and records the answer in the ledger.",
     kinds={"python", "llm"},
     pool=LLM_POOL,
     retry_policy=MODEL_RETRY,
@@ -81,6 +81,7 @@ def ai_answer(
     return dg.MaterializeResult(
         metadata=known(
             {
+                "sample": summary["sample"],
                 "answers_bought": summary["bought"],
                 "answers_reused": summary["reused"],
                 "input_tokens": summary["input_tokens"],
@@ -211,7 +212,7 @@ def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) 
 @dg.asset(
     partitions_def=orgs_partitions,
     group_name=ORG_GROUP,
-    description="Opens the org's next cycle (one item per question x model x location), or reports the open one.",
+    description="Opens the org's next cycle (one item per question x model x location x sample), or reports the open one.",
     kinds={"python", "sql"},
 )
 def org_cycle(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
@@ -233,7 +234,7 @@ _ALL_QUESTION_RUNS = dg.AllPartitionMapping()
 @dg.asset(
     partitions_def=orgs_partitions,
     group_name=ORG_GROUP,
-    description="Flags the latest completed run of each question x model x location of the org.",
+    description="Flags each question x model x location's completed samples of its newest cycle.",
     kinds={"python", "sql"},
     deps=[dg.AssetDep(competitive_metrics, partition_mapping=_ALL_QUESTION_RUNS)],
     retry_policy=DB_RETRY,
