@@ -20,7 +20,7 @@ from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION
 from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG, load_example
+from icp_pipeline_tests.conftest import example_org_data, load_example
 from icp_pipeline_tests.support.pipeline import count
 
 EVIL = "Pipe | Corp ![c](https://evil.example/company.png)"
@@ -42,7 +42,7 @@ def app_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 def load_org(db_url: str, grader: dict | None = None, models: int = 3, evil: bool = False) -> list[str]:
     """The example org cut to one question and one location (one run per model); its cycle's keys."""
-    spec = yaml.safe_load(EXAMPLE_ORG.read_text())
+    spec = example_org_data()
     spec["questions"], spec["locations"], spec["models"] = (
         spec["questions"][:1],
         ["US"],

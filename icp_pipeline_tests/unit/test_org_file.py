@@ -417,8 +417,10 @@ def test_an_integer_of_5000_digits_is_refused() -> None:
 
 def test_a_duplicate_key_is_refused_not_overwritten() -> None:
     # A valid org file followed by a second id: before the fix this loaded an org "other-org".
-    (problem,) = _error(text=_example_text() + "id: other-org\n").problems
-    assert problem.startswith("id: duplicate key (lines 3 and ")
+    text = _example_text()
+    id_line = 1 + text.splitlines().index(next(line for line in text.splitlines() if line.startswith("id:")))
+    (problem,) = _error(text=text + "id: other-org\n").problems
+    assert problem.startswith(f"id: duplicate key (lines {id_line} and ")
     # Two questions: keys (the first list was dropped).
     (problem,) = _error(text=_example_text() + "questions: ['Only this one?']\n").problems
     assert problem.startswith("questions: duplicate key")
