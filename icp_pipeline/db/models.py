@@ -400,7 +400,8 @@ class RunFailure(Base):
     partition_key: Mapped[str | None] = mapped_column(String(400), nullable=True, index=True)
     error: Mapped[str] = mapped_column(Text)
     failed_at: Mapped[datetime] = mapped_column(default=utcnow)
-    alert_status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | failed | off
+    # pending | sent | failed | off | quality_gate (a roll-up stopped only by gates, which alerted themselves)
+    alert_status: Mapped[str] = mapped_column(String(16), default="pending")
     alert_attempts: Mapped[int] = mapped_column(Integer, default=0)
     alert_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
