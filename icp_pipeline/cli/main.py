@@ -215,6 +215,7 @@ def cmd_site_load(args: argparse.Namespace) -> int:
 def cmd_site_build(args: argparse.Namespace) -> int:
     from icp_pipeline.cli.site_build import build_site
     from icp_pipeline.db.session import ensure_schema
+    from icp_pipeline.segments.report import UnknownSegment
     from icp_pipeline.segments.steps import BuildOptions, UnknownSite, summary_markdown
 
     ensure_schema()
@@ -223,16 +224,36 @@ def cmd_site_build(args: argparse.Namespace) -> int:
         outcome = build_site(
             args.site, options, args.segment, workers=args.workers, progress=not args.no_progress
         )
-    except UnknownSite as error:
+    except (UnknownSite, UnknownSegment) as error:
         return _fail(str(error))
     if outcome.table:
         _print(summary_markdown(outcome.table))
     if outcome.summary:
         ranking = ", ".join(f"{r['rank']}. {r['segment_id']}" for r in outcome.summary["ranking"])
         _print(f"\nRanking: {ranking}\n{outcome.summary['summary']}")
-    _print(f"site {outcome.site_id}: {outcome.succeeded} segments succeeded, {outcome.failed} failed")
+    if outcome.succeeded or outcome.failed:  # nothing to count when discovery failed with no segment
+        _print(f"site {outcome.site_id}: {outcome.succeeded} segments succeeded, {outcome.failed} failed")
     if not outcome.summary_ok:
         return _fail(outcome.message)
+    return 0
+
+
+def cmd_site_report(args: argparse.Namespace) -> int:
+    """Each segment's ICP profile, analysis, fit score or error, and the site's ranking, as stored."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.segments.report import UnknownSegment, report_text, site_report
+    from icp_pipeline.segments.steps import UnknownSite
+
+    ensure_schema()
+    with session_scope() as session:
+        try:
+            report = site_report(session, args.site, args.segment)
+        except (UnknownSite, UnknownSegment) as error:
+            return _fail(str(error))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        _print(report_text(report))
     return 0
 
 
@@ -394,14 +415,37 @@ def build_parser() -> argparse.ArgumentParser:
     site_load.set_defaults(func=cmd_site_load)
     build = site.add_parser("build", help="build the site's segments and ICPs as Dagster runs")
     build.add_argument("site")
-    build.add_argument("--segment", action="append", help="build only this segment id (repeatable)")
-    build.add_argument("--provider", default="openai", choices=["openai", "anthropic", "gemini", "offline"])
-    build.add_argument("--model", default="gpt-4o-mini", type=_model_name)
-    build.add_argument("--pacing", type=float, default=0.0, help="seconds to wait before each segment build")
+    build.add_argument(
+        "--segment", action="append", help="build only this segment id (repeatable; see `site report`)"
+    )
+    build.add_argument(
+        "--provider",
+        default="openai",
+        choices=["openai", "anthropic", "gemini", "offline"],
+        help="model provider (default: %(default)s)",
+    )
+    build.add_argument(
+        "--model", default="gpt-4o-mini", type=_model_name, help="model (default: %(default)s)"
+    )
+    build.add_argument(
+        "--pacing",
+        type=float,
+        default=0.0,
+        help="seconds to wait before each segment build (default: %(default)s)",
+    )
     build.add_argument("--rebuild", action="store_true", help="ask again even where a result is stored")
-    build.add_argument("--workers", type=int, default=3)
+    build.add_argument("--workers", type=int, default=3, help="segments built at once (default: %(default)s)")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_site_build)
+    site_report = site.add_parser(
+        "report", help="print each segment's ICP profile, analysis, fit score or error, and the ranking"
+    )
+    site_report.add_argument("site")
+    site_report.add_argument("--json", action="store_true", help="machine-readable JSON")
+    site_report.add_argument(
+        "--segment", action="append", help="only this segment id (repeatable); the ranking stays whole"
+    )
+    site_report.set_defaults(func=cmd_site_report)
 
     demo = commands.add_parser("demo", help="run the example org's cycle and build the example site's ICPs")
     demo.add_argument("--workers", type=int, default=3)

@@ -11,7 +11,8 @@ from icp_pipeline.cli.runner import Progress, execute_one, execute_partitions, l
 from icp_pipeline.db.models import Segment, SiteSummary
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.segments.keys import segment_partition_key
-from icp_pipeline.segments.steps import BuildOptions, require_site, segment_table
+from icp_pipeline.segments.report import UnknownSegment
+from icp_pipeline.segments.steps import BuildOptions, active_segments, require_site, segment_table
 from icp_pipeline.settings import database_url
 
 
@@ -36,9 +37,23 @@ def build_site(
     progress: bool = True,
     defs: Any = None,
 ) -> BuildOutcome:
+    """Raises UnknownSite, or UnknownSegment (listing the valid ids) for a `segment_ids` entry the site
+    does not have."""
     db_url = database_url()
     with session_scope(db_url) as session:
         require_site(session, site_id)
+        # Checked before anything runs or is bought. A generated segment exists only once discovery
+        # has run: a site without any yet says so.
+        segments = active_segments(session, site_id)
+        stored = [s.key for s in segments]
+        discovered = any(s.source == "generated" for s in segments)
+    if segment_ids and (unknown := [s for s in dict.fromkeys(segment_ids) if s not in stored]):
+        hint = (
+            ""
+            if discovered
+            else f" (run `icp-pipeline site build {site_id}` first to discover generated ones)"
+        )
+        raise UnknownSegment(site_id, unknown, stored, hint)
     instance, defs = load_instance_and_defs(defs)
     if not instance.has_dynamic_partition("sites", site_id):
         instance.add_dynamic_partitions("sites", [site_id])
@@ -74,10 +89,12 @@ def build_site(
         if missing := [k for k in keys if k not in registered]:
             instance.add_dynamic_partitions("segments", missing)
     if segment_ids:
-        wanted = {segment_partition_key(site_id, s) for s in segment_ids}
-        unknown = sorted(wanted - set(keys))
-        if unknown:
-            return BuildOutcome(site_id, 0, 0, False, [], None, f"unknown segments: {', '.join(unknown)}")
+        wanted = {segment_partition_key(site_id, s): s for s in segment_ids}
+        if unknown := [s for k, s in wanted.items() if k not in keys]:
+            # A rebuild's discovery dropped a segment asked for.
+            with session_scope(db_url) as session:
+                valid = [s.key for s in active_segments(session, site_id)]
+            raise UnknownSegment(site_id, unknown, valid)
         keys = [k for k in keys if k in wanted]
 
     bar = Progress(len(keys), progress)

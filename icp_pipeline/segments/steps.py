@@ -48,7 +48,10 @@ class SummaryFailed(RuntimeError):
 def require_site(session: Session, site_id: str) -> Site:
     site = session.get(Site, site_id)
     if site is None:
-        raise UnknownSite(f"unknown site {site_id!r}; load it first with `icp-pipeline site load FILE`")
+        valid = ", ".join(session.scalars(select(Site.id).order_by(Site.id))) or "none yet"
+        raise UnknownSite(
+            f"unknown site {site_id!r}; valid ids: {valid}; load a site with `icp-pipeline site load FILE`"
+        )
     return site
 
 
@@ -178,6 +181,8 @@ def build_segment(
                 "segment": segment.name,
                 "confidence": (stored.profile or {}).get("confidence"),
                 "fit_score": (stored.analysis or {}).get("fit_score"),
+                "profile": stored.profile,
+                "analysis": stored.analysis,
             }
         site = require_site(session, segment.site_id)
         segment_id, site_id, name = segment.id, segment.site_id, segment.name
@@ -212,6 +217,8 @@ def build_segment(
         "segment": name,
         "confidence": result.profile.confidence,
         "fit_score": result.analysis.fit_score,
+        "profile": result.profile.model_dump(mode="json"),
+        "analysis": result.analysis.model_dump(mode="json"),
         # A repair attempt is paid too: tokens are summed as in the stored result.
         "input_tokens": sum(c.input_tokens or 0 for c in calls),
         "output_tokens": sum(c.output_tokens or 0 for c in calls),

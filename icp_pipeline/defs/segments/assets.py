@@ -14,6 +14,7 @@ from icp_pipeline.defs.segments.partitions import segments_partitions, sites_par
 from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.segments import steps
 from icp_pipeline.segments.comparison import COMPARISON_VERSION
+from icp_pipeline.segments.report import profile_fields, profile_text
 from icp_pipeline.segments.schemas import ICP_VERSION
 from icp_pipeline.segments.steps import BuildOptions
 
@@ -96,6 +97,10 @@ def site_segments(
 @_icp_asset(
     segments_partitions,
     "Builds one segment's Ideal Customer Profile and how well the site serves it (structured output).",
+    # Lineage only: a segment comes from its site's discovery. Dagster has no mapping from one dynamic
+    # partition set to another (`acme|x` -> `acme`), so every site partition is upstream; nothing
+    # waits on it (no automation conditions; sensors, the CLI and backfills launch segment runs).
+    deps=[dg.AssetDep(site_segments, partition_mapping=dg.AllPartitionMapping())],
     code_version=ICP_VERSION,
 )
 def segment_icp(
@@ -122,8 +127,20 @@ def segment_icp(
         "input_tokens": summary.get("input_tokens"),
         "output_tokens": summary.get("output_tokens"),
         "synthetic": summary.get("synthetic"),
+        # Model text: labelled plain-text lines and table cells, never markdown.
+        "profile": text(profile_text(summary["profile"], summary["analysis"])),
+        "profile_fields": table(
+            PROFILE_COLUMNS,
+            [{"field": f, "value": v} for f, v in profile_fields(summary["profile"], summary["analysis"])],
+        ),
     }
     return dg.MaterializeResult(metadata=known(metadata))
+
+
+PROFILE_COLUMNS = [
+    ("field", "string", "A field of the ICP profile or of the site-fit analysis"),
+    ("value", "string", "The model's answer (list items joined by '; ')"),
+]
 
 
 @_icp_asset(
