@@ -16,7 +16,7 @@ import yaml
 
 from icp_pipeline.cli.main import main
 from icp_pipeline.cli.runner import run_cycle
-from icp_pipeline.db.models import AnalyticsSnapshot, QuestionRun
+from icp_pipeline.db.models import AnalyticsSnapshot, Org, QuestionRun
 from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.visibility import export, stats
 from icp_pipeline.visibility.cycles import open_cycle
@@ -290,18 +290,26 @@ def test_export_errors_name_the_problem_and_an_org_without_cycles_exports_empty_
         companies = parquet_rows(out, "companies") if fmt == "parquet" else csv_rows(out, "companies")
         assert [c["name"] for c in companies] == ["Acme", "Globex", "@Initech"]
 
-    # Two samples of one partition are two runs with one partition key; a cycle without analytics has
-    # no rates yet.
+    # Two samples of one combination are two runs, each with its own partition key; a cycle without
+    # analytics has no rates yet.
     with session_scope(app_db) as session:
-        cycle, _created = open_cycle(session, "bi", samples_per_item=2)
-        key = cycle.items[0].partition_key
-        for item in (i for i in cycle.items if i.partition_key == key):
+        session.get(Org, "bi").samples = 2
+        cycle, _created = open_cycle(session, "bi")
+        first = cycle.items[0]
+        samples = [
+            i
+            for i in cycle.items
+            if (i.question_id, i.model_id, i.location_id)
+            == (first.question_id, first.model_id, first.location_id)
+        ]
+        keys = [i.partition_key for i in sorted(samples, key=lambda i: i.sample_index)]
+        for item in samples:
             session.add(
                 QuestionRun(
                     cycle_item_id=item.id,
                     org_id="bi",
                     cycle_id=cycle.id,
-                    partition_key=key,
+                    partition_key=item.partition_key,
                     question_id=item.question_id,
                     model_id=item.model_id,
                     location_id=item.location_id,
@@ -316,7 +324,8 @@ def test_export_errors_name_the_problem_and_an_org_without_cycles_exports_empty_
     assert main(["org", "export", "bi", "--format", "csv", "--out", str(out)]) == 0
     assert f"exported cycles {cycle_id} as csv" in capsys.readouterr().out
     runs = csv_rows(out, "runs")
-    assert [(r["partition_key"], r["sample_index"]) for r in runs] == [(key, 0), (key, 1)]
+    assert keys[1] == f"{keys[0]}|s2"
+    assert [(r["partition_key"], r["sample_index"]) for r in runs] == [(keys[0], 0), (keys[1], 1)]
     assert {r["answer_text"] for r in runs} == {"-1 +1 =2 answers stay data"}
     assert not any(r["in_latest_analytics"] for r in runs)
     assert [(c["cycle_id"], c["has_analytics"], c["items_total"]) for c in csv_rows(out, "cycles")] == [

@@ -22,7 +22,7 @@ from icp_pipeline.limits import MAX_PROMPT_CHARS
 from icp_pipeline.segments.prompts import comparison_prompt, icp_prompt, segments_prompt
 from icp_pipeline.segments.site_file import parse_site_text, upsert_site
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
-from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.conftest import EXAMPLE_ORG, example_org_data
 from icp_pipeline_tests.support.pipeline import count
 
 ROOT = Path(__file__).parents[2]
@@ -65,6 +65,10 @@ def _example() -> str:
     return EXAMPLE_ORG.read_text(encoding="utf-8")
 
 
+def _line_of(text: str, prefix: str) -> int:
+    return 1 + next(i for i, line in enumerate(text.splitlines()) if line.startswith(prefix))
+
+
 # Files that once cost minutes and gigabytes: run as the command, under TIME_LIMIT and MEMORY_LIMIT.
 COSTLY_ORG_FILES: dict[str, tuple[Callable[[], bytes], str]] = {
     "alias bomb in models[].provider": (
@@ -91,7 +95,10 @@ BAD_ORG_FILES: dict[str, tuple[Callable[[], bytes], str]] = {
     ),
     "UTF-16": (lambda: _example().encode("utf-16"), "(file): UTF-16 text; save the file as UTF-8"),
     "invalid bytes": (lambda: _example().encode() + b"# \xc3\x28\n", "(file): not UTF-8 text (byte 0xc3"),
-    "second id": (lambda: (_example() + "id: other-org\n").encode(), "id: duplicate key (lines 3 and 21)"),
+    "second id": (
+        lambda: (_example() + "id: other-org\n").encode(),
+        f"id: duplicate key (lines {_line_of(_example(), 'id:')} and {len(_example().splitlines()) + 1})",
+    ),
     "two questions keys": (
         lambda: (_example() + "questions: ['Only this?']\n").encode(),
         "questions: duplicate key",
@@ -200,7 +207,7 @@ def test_bad_site_file_is_refused(
 
 
 def _large_org(tmp_path: Path) -> Path:
-    data = yaml.safe_load(_example())
+    data = example_org_data()  # one sample: 1,000 questions x 3 models x 10 locations
     data["questions"] = [f"Which analytics tool fits use case {i}?" for i in range(1000)]
     data["locations"] = ["US", "DE", "FR", "GB", "IT", "ES", "NL", "SE", "PL", "JP"]
     path = tmp_path / "large.yaml"
