@@ -14,6 +14,7 @@ import yaml
 from icp_pipeline.cli.main import build_parser, main
 from icp_pipeline.db.session import upgrade
 from icp_pipeline_tests.conftest import EXAMPLE_ORG
+from icp_pipeline_tests.support.webhook import WebhookReceiver
 
 TINY_ORG = {
     "id": "tiny",
@@ -54,6 +55,22 @@ def test_org_run_says_where_the_analytics_went_and_what_to_do_next(
     out = capsys.readouterr().out
     assert f"analytics of cycle 1 written to {outbox_file}" in out
     assert "next:" not in out
+
+    # To a webhook: its origin only, never the token in its path (a new process reads the URL).
+    token = "XyZtok3nPushPath"
+    with WebhookReceiver(path=f"/services/T000/B000/{token}") as hook:
+        pushed = subprocess.run(
+            [sys.executable, "-m", "icp_pipeline.cli.main", "org", "push", "tiny"],
+            env={**os.environ, "ICP_PUSH_WEBHOOK_URL": hook.url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    assert len(hook.requests) == 1
+    origin = hook.url.split("/services")[0]
+    assert f"analytics of cycle 1 pushed to the webhook at {origin}\n" in pushed.stdout
+    assert token not in pushed.stdout + pushed.stderr
 
 
 @pytest.mark.parametrize(
