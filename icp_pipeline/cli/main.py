@@ -6,6 +6,7 @@ Imports are lazy: `org load` or `org report` never pay for Dagster or the provid
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -93,12 +94,20 @@ def _announce(message: str) -> None:
     sys.stdout.flush()
 
 
-def cmd_org_run(args: argparse.Namespace) -> int:
-    from icp_pipeline.cli.runner import run_cycle
-    from icp_pipeline.db.session import ensure_schema
-    from icp_pipeline.visibility.cycles import UnknownOrg
+def _require_org(org_id: str) -> None:
+    """Raise UnknownOrg, which main() reports naming the loaded orgs, before Dagster is imported."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.cycles import require_org
 
     ensure_schema()
+    with session_scope() as session:
+        require_org(session, org_id)
+
+
+def cmd_org_run(args: argparse.Namespace) -> int:
+    from icp_pipeline.cli.runner import run_cycle
+
+    _require_org(args.org)
     try:
         outcome = run_cycle(
             args.org,
@@ -108,16 +117,50 @@ def cmd_org_run(args: argparse.Namespace) -> int:
             existing_only=getattr(args, "existing_only", False),
             announce=_announce,
         )
-    except (UnknownOrg, ValueError) as error:
+    except ValueError as error:
         return _fail(str(error))
     if outcome.status == "refused":
         if outcome.payload:
             _print_analytics(outcome.payload)
         if getattr(args, "existing_only", False):
             _print(outcome.message)
+            _print_delivery(outcome)
             return 0
         return _fail(outcome.message, EXIT_REFUSED)
-    return _report_cycle(outcome)
+    code = _report_cycle(outcome)
+    if code == 0 and getattr(args, "next_steps", True):
+        _print_next_steps(outcome.org_id)
+    return code
+
+
+def _print_delivery(outcome) -> None:  # noqa: ANN001 - CycleOutcome, imported lazily
+    """Where the analytics went: the webhook's origin (never its path, which may hold a token) or the
+    outbox file."""
+    if outcome.delivered_to is None:
+        return
+    target, destination = outcome.delivered_to
+    where = f"pushed to the webhook at {destination}" if target == "webhook" else f"written to {destination}"
+    _print(f"analytics of cycle {outcome.cycle_id} {where}")
+
+
+def ui_command() -> str:
+    """The command that opens the Dagster UI on the instance and app database this CLI uses."""
+    from icp_pipeline.settings import dagster_home, icp_home
+
+    env = f"DAGSTER_HOME={shlex.quote(str(dagster_home()))}"
+    if "ICP_DATABASE_URL" not in os.environ:  # the app database is the SQLite file under ICP_HOME
+        env += f" ICP_HOME={shlex.quote(str(icp_home()))}"
+    return f"{env} dagster dev -m icp_pipeline.definitions"
+
+
+def _print_next_steps(org_id: str) -> None:
+    _print(
+        "next:\n"
+        f"  icp-pipeline org report {org_id}     the latest analytics again (--json: the payload as pushed)\n"
+        f"  icp-pipeline org history {org_id}    each company's rates per cycle, with intervals\n"
+        "  the Dagster UI (runs, assets and their metadata) on http://127.0.0.1:3000:\n"
+        f"    {ui_command()}"
+    )
 
 
 def _report_cycle(outcome) -> int:  # noqa: ANN001 - CycleOutcome, imported lazily
@@ -132,6 +175,8 @@ def _report_cycle(outcome) -> int:  # noqa: ANN001 - CycleOutcome, imported lazi
         print(f"spent ${outcome.spent_usd:.4f}{budget} (cycle {outcome.cycle_id}, from the ledger)")
     if outcome.message and outcome.pushed:
         _print(outcome.message)
+    if outcome.pushed:
+        _print_delivery(outcome)
     if outcome.blocked_by:
         return _fail(outcome.message, EXIT_GATE_BLOCKED)
     if outcome.status != "succeeded" or not outcome.pushed:
@@ -142,14 +187,9 @@ def _report_cycle(outcome) -> int:  # noqa: ANN001 - CycleOutcome, imported lazi
 def cmd_org_push(args: argparse.Namespace) -> int:
     """Roll up and push the latest complete cycle again, buying nothing (the push is idempotent)."""
     from icp_pipeline.cli.runner import push_latest
-    from icp_pipeline.db.session import ensure_schema
-    from icp_pipeline.visibility.cycles import UnknownOrg
 
-    ensure_schema()
-    try:
-        outcome = push_latest(args.org, ignore_gates=getattr(args, "ignore_gates", False))
-    except UnknownOrg as error:
-        return _fail(str(error))
+    _require_org(args.org)
+    outcome = push_latest(args.org, ignore_gates=getattr(args, "ignore_gates", False))
     if outcome is None:
         return _fail(f"org {args.org!r} has no cycle yet; run `icp-pipeline org run {args.org}`")
     return _report_cycle(outcome)
@@ -159,14 +199,11 @@ def cmd_org_keys(args: argparse.Namespace) -> int:
     """The org's question-run partition keys, for `dagster asset materialize --partition KEY`, or with
     --failed those that failed in its latest cycle, for `dagster job backfill --partitions`."""
     from icp_pipeline.db.session import ensure_schema, session_scope
-    from icp_pipeline.visibility.cycles import UnknownOrg, combinations, failed_partitions, require_org
+    from icp_pipeline.visibility.cycles import combinations, failed_partitions, require_org
 
     ensure_schema()
     with session_scope() as session:
-        try:
-            require_org(session, args.org)
-        except UnknownOrg as error:
-            return _fail(str(error))
+        require_org(session, args.org)
         keys = (
             failed_partitions(session, args.org)
             if args.failed
@@ -179,10 +216,12 @@ def cmd_org_keys(args: argparse.Namespace) -> int:
 
 def cmd_org_report(args: argparse.Namespace) -> int:
     from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.cycles import require_org
     from icp_pipeline.visibility.steps import latest_snapshot
 
     ensure_schema()
     with session_scope() as session:
+        require_org(session, args.org)
         snapshot = latest_snapshot(session, args.org)
         if snapshot is None:
             return _fail(f"no analytics for org {args.org!r} yet; run `icp-pipeline org run {args.org}`")
@@ -265,7 +304,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # A second demo reports the example cycle instead of buying another one.
         lambda: cmd_org_run(
             argparse.Namespace(
-                org="acme", workers=args.workers, no_progress=args.no_progress, existing_only=True
+                org="acme",
+                workers=args.workers,
+                no_progress=args.no_progress,
+                existing_only=True,
+                next_steps=False,
             )
         ),
         lambda: cmd_site_load(argparse.Namespace(file=str(EXAMPLE_SITE))),
@@ -285,6 +328,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         code = step()
         if code:
             return code
+    _print_next_steps("acme")
     return 0
 
 
@@ -292,15 +336,12 @@ def cmd_org_history(args: argparse.Namespace) -> int:
     """Each company's rates per cycle with their 95% intervals, from the stored analytics snapshots."""
     from icp_pipeline.db.session import ensure_schema, session_scope
     from icp_pipeline.visibility.analytics import analytics_history, history_table
-    from icp_pipeline.visibility.cycles import UnknownOrg, require_org
+    from icp_pipeline.visibility.cycles import require_org
     from icp_pipeline.visibility.steps import snapshots
 
     ensure_schema()
     with session_scope() as session:
-        try:
-            require_org(session, args.org)
-        except UnknownOrg as error:
-            return _fail(str(error))
+        require_org(session, args.org)
         series = [(s.cycle_id, s.payload) for s in snapshots(session, args.org)]
     if not series:
         return _fail(f"no analytics for org {args.org!r} yet; run `icp-pipeline org run {args.org}`")
@@ -312,14 +353,13 @@ def cmd_org_history(args: argparse.Namespace) -> int:
 def cmd_org_export(args: argparse.Namespace) -> int:
     """The org's raw facts and published rates as tidy tables (Parquet or CSV) for a BI tool."""
     from icp_pipeline.db.session import ensure_schema, session_scope
-    from icp_pipeline.visibility.cycles import UnknownOrg
     from icp_pipeline.visibility.export import ExportError, export_org
 
     ensure_schema()
     try:
         with session_scope() as session:
             result = export_org(session, args.org, Path(args.out), args.format, args.cycle)
-    except (UnknownOrg, ExportError) as error:
+    except ExportError as error:
         return _fail(str(error))
     except OSError as error:
         return _fail(f"cannot write to {args.out}: {error.strerror or error}")
@@ -343,18 +383,70 @@ def _model_name(value: str) -> str:
     return value
 
 
+def _workers(value: str) -> int:
+    """--workers: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("icp-pipeline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless it has none or is an on/off flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not text
+            or "%(default)" in text
+            or default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser shows defaults; subparsers inherit the class."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own signature
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+ORG_ID_HELP = "the org's id (the `id` in its YAML file; `org load` prints it)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icp-pipeline", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="icp-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     db = commands.add_parser("db", help="app database").add_subparsers(dest="db_command", required=True)
-    db.add_parser("upgrade", help="create or upgrade the schema (Alembic)").set_defaults(func=cmd_db_upgrade)
+    db.add_parser(
+        "upgrade", help="create or upgrade the schema (Alembic)", description="create or upgrade the schema"
+    ).set_defaults(func=cmd_db_upgrade)
 
     org = commands.add_parser("org", help="AI visibility of an org").add_subparsers(
         dest="org_command", required=True
     )
     load = org.add_parser("load", help="load or update an org from a YAML file")
-    load.add_argument("file")
+    load.add_argument("file", help="the org's YAML file (see icp_pipeline/examples/acme.yaml)")
     load.add_argument(
         "--allow-large",
         action="store_true",
@@ -362,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.set_defaults(func=cmd_org_load)
     run = org.add_parser("run", help="run one full cycle as Dagster runs")
-    run.add_argument("org")
-    run.add_argument("--workers", type=int, default=3, help="question runs executed at once (default 3)")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("org", help=ORG_ID_HELP)
+    run.add_argument("--workers", type=_workers, default=3, help="question runs executed at once")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     run.add_argument(
         "--new-cycle",
         action="store_true",
@@ -374,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     push = org.add_parser(
         "push", help="roll up and push the latest complete cycle again, without buying anything"
     )
-    push.add_argument("org")
+    push.add_argument("org", help=ORG_ID_HELP)
     push.add_argument(
         "--ignore-gates",
         action="store_true",
@@ -384,24 +476,28 @@ def build_parser() -> argparse.ArgumentParser:
     keys = org.add_parser(
         "keys", help="print the org's question-run partition keys (one per sample: KEY, KEY|s2, ...)"
     )
-    keys.add_argument("org")
-    keys.add_argument("--failed", action="store_true", help="only the keys that failed in the latest cycle")
+    keys.add_argument("org", help=ORG_ID_HELP)
+    keys.add_argument(
+        "--failed",
+        action="store_true",
+        help="only the keys that failed in the latest cycle (for `dagster job backfill --partitions`)",
+    )
     keys.set_defaults(func=cmd_org_keys)
     report = org.add_parser("report", help="print the latest analytics")
-    report.add_argument("org")
-    report.add_argument("--json", action="store_true")
+    report.add_argument("org", help=ORG_ID_HELP)
+    report.add_argument("--json", action="store_true", help="the analytics payload as pushed, as JSON")
     report.set_defaults(func=cmd_org_report)
     history = org.add_parser("history", help="print each company's rates per cycle with their intervals")
-    history.add_argument("org")
-    history.add_argument("--json", action="store_true")
+    history.add_argument("org", help=ORG_ID_HELP)
+    history.add_argument("--json", action="store_true", help="as JSON instead of a table")
     history.set_defaults(func=cmd_org_history)
 
     export = org.add_parser(
         "export", help="write the org's runs, mentions, citations, claims and rates as tables for BI"
     )
-    export.add_argument("org")
+    export.add_argument("org", help=ORG_ID_HELP)
     export.add_argument("--out", required=True, help="folder to write the tables and schema.json to")
-    export.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="default parquet")
+    export.add_argument("--format", choices=["parquet", "csv"], default="parquet", help="file format")
     export.add_argument(
         "--cycle", type=int, help="only this cycle's runs and rates (default: every cycle of the org)"
     )
@@ -448,10 +544,48 @@ def build_parser() -> argparse.ArgumentParser:
     site_report.set_defaults(func=cmd_site_report)
 
     demo = commands.add_parser("demo", help="run the example org's cycle and build the example site's ICPs")
-    demo.add_argument("--workers", type=int, default=3)
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--workers", type=_workers, default=3, help="question runs executed at once")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+# Commands that buy or resume: an outage part-way leaves open work that the same command resumes.
+_RESUMABLE = {("org", "run"), ("org", "push"), ("demo", None), ("site", "build")}
+
+
+def database_error_reason(error: BaseException) -> str:
+    """The driver's reason in a few words, e.g. "Connection refused" from psycopg2's
+    'connection to server at "127.0.0.1", port 1 failed: Connection refused ...'; no secret."""
+    from icp_pipeline.redaction import redact
+    from icp_pipeline.settings import known_secrets
+
+    original = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    if not lines:
+        return type(original).__name__
+    reason = lines[0].rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    reason = redact(reason, known_secrets())
+    return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def database_error_message(error: BaseException, resumable: bool) -> str:
+    from icp_pipeline.db.session import DatabaseUnreachable
+    from icp_pipeline.settings import database_url, redact_url
+
+    if isinstance(error, DatabaseUnreachable):  # the workers' outage budget ran out (cli/workers.py)
+        message = f"the app database at {redact_url(database_url())} is unreachable ({error})"
+    else:
+        message = (
+            f"cannot reach the app database at {redact_url(database_url())} ({database_error_reason(error)})"
+        )
+    if resumable:
+        # Workers are stopped by then; open items stay open and are resumed.
+        message += (
+            ". Nothing bought is lost: run the same command again once it is back; it resumes where "
+            "this one stopped"
+        )
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,19 +593,17 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from icp_pipeline.db.session import DatabaseUnreachable, SchemaNotReady
-    from icp_pipeline.settings import database_url, redact_url
+    from icp_pipeline.visibility.cycles import UnknownOrg
 
     try:
         return args.func(args)
     except SchemaNotReady as error:
         return _fail(str(error))
+    except UnknownOrg as error:  # every org command: the same message, naming the loaded orgs
+        return _fail(str(error))
     except (DatabaseUnreachable, OperationalError, InterfaceError) as error:
-        # Workers are stopped by then (cli/workers.py); open items stay open and are resumed.
-        detail = str(error) if isinstance(error, DatabaseUnreachable) else f"{type(error.orig).__name__}"
-        return _fail(
-            f"the app database at {redact_url(database_url())} is unreachable ({detail}). Nothing bought is "
-            "lost: run the same command again once it is back; it resumes where this one stopped"
-        )
+        subcommand = getattr(args, f"{args.command}_command", None)
+        return _fail(database_error_message(error, (args.command, subcommand) in _RESUMABLE))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:

@@ -63,6 +63,8 @@ class CycleOutcome:
     blocked_by: list[str] = field(default_factory=list)
     spent_usd: float | None = None  # the cycle's spend, from the ledger
     budget_usd: float | None = None  # the org's budget_usd per cycle, if any
+    # Where the cycle's analytics were last delivered: ("webhook", its origin) or ("outbox", the file).
+    delivered_to: tuple[str, str] | None = None
 
 
 def load_instance_and_defs(defs: Any = None) -> tuple[Any, Any]:
@@ -183,6 +185,8 @@ def run_cycle(
     (refused within ICP_MIN_CYCLE_INTERVAL of the last unless `new_cycle`; never with
     `existing_only`, which reports the latest cycle instead). `defs` defaults to the code location's;
     tests pass their own resources through it. `announce` receives what is about to be bought."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     announce = announce or (lambda _message: None)
     db_url = database_url()
     instance, defs = load_instance_and_defs(defs)
@@ -210,6 +214,7 @@ def run_cycle(
                 outcome = _outcome(last, status="refused")
                 planned = estimate.estimate(estimate.new_cycle_calls(session, org_id), is_live, overrides)
                 outcome.payload = _snapshot_payload(session, org_id, last.id)
+                outcome.delivered_to = delivery(session, last.id)
                 if existing_only:
                     outcome.message = f"cycle {last.id} of {org_id} already ran; showing its analytics"
                 else:
@@ -281,6 +286,22 @@ def blocking_gate_failures(instance: Any, run_id: str) -> list[str]:
 def _snapshot_payload(session: Any, org_id: str, cycle_id: int) -> dict[str, Any] | None:
     snapshot = steps.latest_snapshot(session, org_id)
     return snapshot.payload if snapshot is not None and snapshot.cycle_id == cycle_id else None
+
+
+def delivery(session: Any, cycle_id: int) -> tuple[str, str] | None:
+    """The cycle's latest successful delivery as (target, destination): the webhook's origin (stored
+    redacted, never its path) or the outbox file's path."""
+    from sqlalchemy import select
+
+    from icp_pipeline.db.models import PushDelivery
+
+    row = session.execute(
+        select(PushDelivery.target, PushDelivery.destination)
+        .where(PushDelivery.cycle_id == cycle_id, PushDelivery.ok)
+        .order_by(PushDelivery.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row.target, row.destination)
 
 
 def _rollup_in_progress(instance: Any, cycle_id: int) -> bool:
@@ -374,6 +395,7 @@ def finish_cycle(
             )
     with session_scope(db_url) as session:
         outcome.payload = _snapshot_payload(session, org_id, cycle_id)
+        outcome.delivered_to = delivery(session, cycle_id)
     return outcome
 
 

@@ -25,10 +25,21 @@ class UnknownOrg(LookupError):
     pass
 
 
+# How many loaded org ids an "unknown org" message lists.
+_ORGS_LISTED = 10
+
+
 def require_org(session: Session, org_id: str) -> Org:
+    """The org, or UnknownOrg naming the orgs that are loaded (every command says the same)."""
     org = session.get(Org, org_id)
     if org is None:
-        raise UnknownOrg(f"unknown org {org_id!r}; load it first with `icp-pipeline org load FILE`")
+        ids = list(session.scalars(select(Org.id).order_by(Org.id).limit(_ORGS_LISTED + 1)))
+        if not ids:
+            loaded = "no org is loaded yet"
+        else:
+            more = ", ..." if len(ids) > _ORGS_LISTED else ""
+            loaded = f"loaded orgs: {', '.join(ids[:_ORGS_LISTED])}{more}"
+        raise UnknownOrg(f"unknown org {org_id!r}; {loaded}; load one with `icp-pipeline org load FILE`")
     return org
 
 

@@ -108,6 +108,22 @@ def answer_budget(model: OrgModel) -> int:
     return model.max_output_tokens or answer_token_budget(model.provider, model.model, model.web_search)
 
 
+def partition_facts(item: CycleItem) -> dict[str, Any]:
+    """What a question-run partition stands for, for people reading it: its key carries the question's
+    hash, not its text. The question text and model name come from the org file (untrusted)."""
+    return {
+        "org": item.cycle.org_id,
+        "cycle_id": item.cycle_id,
+        "question": item.question.text,
+        "question_key": item.question.key,
+        "provider": item.model.provider,
+        "model": item.model.model,
+        "web_search": item.model.web_search,
+        "country": item.location.country_code,
+        "sample": item.sample_index + 1,  # 1-based, as in the partition key
+    }
+
+
 def buy_answers(
     db_url: str, partition_key: str, provider_for: ProviderFor, claimant: str | None = None
 ) -> dict[str, Any]:
@@ -123,7 +139,7 @@ def buy_answers(
             ]
         }
         plan: list[tuple[int, ModelRequest]] = []
-        sample = items[0].sample_index + 1  # 1-based, as in the partition key (one item per partition)
+        facts = partition_facts(items[0])  # one item per partition since samples have their own
         for item in items:
             answered = latest_ok_call(session, purchase_subject("answer", item.id)) is not None
             if item.status == "failed" and not answered:  # a retry of a failed partition re-opens it
@@ -173,7 +189,7 @@ def buy_answers(
     calls = [p.value for p in purchases]
     bought = [p.value for p in purchases if not p.reused]
     return {
-        "sample": sample,
+        **facts,
         "bought": len(bought),
         "reused": len(calls) - len(bought),
         "paid_calls": sum(p.bought for p in purchases),
@@ -191,7 +207,9 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
     """Build (or rebuild) the run record of each item from its answer in the ledger."""
     with session_scope(db_url) as session:
         runs = []
-        for item in items_for_partition(session, partition_key):
+        items = items_for_partition(session, partition_key)
+        facts = partition_facts(items[0])
+        for item in items:
             call = latest_ok_call(session, purchase_subject("answer", item.id))
             if call is None:
                 raise StepError(
@@ -229,6 +247,7 @@ def store_runs(db_url: str, partition_key: str) -> dict[str, Any]:
             runs.append(run)
         session.flush()
         return {
+            **facts,
             "runs": len(runs),
             "question_run_ids": [r.id for r in runs],
             "input_tokens": sum(r.input_tokens or 0 for r in runs),

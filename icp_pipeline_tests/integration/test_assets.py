@@ -186,3 +186,30 @@ def test_a_partition_without_a_cycle_fails_with_what_to_do(sqlite_app, instance)
     assert failure.step_key == "ai_answer"
     assert "icp-pipeline org run ORG" in failure.event_specific_data.error.message
     assert count(sqlite_app, ModelCall) == 0
+
+
+def test_question_run_metadata_says_what_the_partition_asks(sqlite_app, instance, cycle_key) -> None:
+    """The key carries the question's hash: the metadata shows its text, the model, country, cycle and
+    sample, the org file's text as inert text and the numbers as ints."""
+    with session_scope(sqlite_app) as session:
+        item = session.scalars(sa.select(CycleItem).where(CycleItem.partition_key == cycle_key)).one()
+        question, cycle_id = item.question.text, item.cycle_id
+    result = _materialize(QUESTION_RUN_ASSETS, cycle_key, instance, sqlite_app)
+    assert result.success
+    for node in ("ai_answer", "question_run"):
+        metadata = result.asset_materializations_for_node(node)[0].metadata
+        for name, value in {
+            "question": question,
+            "provider": "anthropic",
+            "model": "claude-haiku-4-5",
+            "country": "DE",
+            "org": "acme",
+            "question_key": cycle_key.split("|")[1],
+        }.items():
+            assert isinstance(metadata[name], dg.TextMetadataValue), (node, name)
+            assert metadata[name].value == value, (node, name)
+        assert isinstance(metadata["cycle_id"], dg.IntMetadataValue)
+        assert metadata["cycle_id"].value == cycle_id
+        assert isinstance(metadata["sample"], dg.IntMetadataValue)
+        assert metadata["sample"].value == 1
+        assert isinstance(metadata["web_search"], dg.BoolMetadataValue)

@@ -86,6 +86,12 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     assert "135/135" in demo.stderr  # the progress bar
     assert (icp_env / "dagster_home" / "dagster.yaml").exists()
     assert (icp_env / "outbox" / "acme" / "cycle-1.json").exists()
+    # Where the analytics went, and what to do next (printed once, after the site's ICPs).
+    assert f"analytics of cycle 1 written to {icp_env / 'outbox' / 'acme' / 'cycle-1.json'}" in demo.stdout
+    assert demo.stdout.count("next:") == 1
+    assert demo.stdout.index("next:") > demo.stdout.index("site acme:")
+    assert "icp-pipeline org report acme" in demo.stdout
+    assert f"DAGSTER_HOME={icp_env / 'dagster_home'} ICP_HOME={icp_env} dagster dev" in demo.stdout
 
     report = subprocess.run(
         [sys.executable, "-m", "icp_pipeline.cli.main", "org", "report", "acme", "--json"],
@@ -109,6 +115,7 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "cycle 1 of acme already ran; showing its analytics" in again.stdout
+    assert "analytics of cycle 1 written to" in again.stdout and "next:" in again.stdout
     assert "| Acme | yes | 135 |" in again.stdout
     assert not (icp_env / "outbox" / "acme" / "cycle-2.json").exists()
     db_url = f"sqlite:///{icp_env / 'app.db'}"

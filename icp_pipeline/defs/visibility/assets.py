@@ -61,6 +61,22 @@ def question_run_step(
         raise
 
 
+def partition_metadata(summary: dict[str, Any]) -> dict[str, dg.MetadataValue]:
+    """What the partition stands for (its key carries the question's hash): the question, provider,
+    model and country as inert text (they come from the org file), the cycle and sample as ints."""
+    return {
+        "question": text(summary["question"]),
+        "question_key": text(summary["question_key"]),
+        "provider": text(summary["provider"]),
+        "model": text(summary["model"]),
+        "web_search": dg.MetadataValue.bool(summary["web_search"]),
+        "country": text(summary["country"]),
+        "org": text(summary["org"]),
+        "cycle_id": dg.MetadataValue.int(summary["cycle_id"]),
+        "sample": dg.MetadataValue.int(summary["sample"]),
+    }
+
+
 def _question_run_asset(**kwargs: Any) -> Callable:
     return dg.asset(partitions_def=question_runs_partitions, group_name=QUESTION_RUNS_GROUP, **kwargs)
 
@@ -81,7 +97,7 @@ def ai_answer(
     return dg.MaterializeResult(
         metadata=known(
             {
-                "sample": summary["sample"],
+                **partition_metadata(summary),
                 "answers_bought": summary["bought"],
                 "answers_reused": summary["reused"],
                 "input_tokens": summary["input_tokens"],
@@ -108,6 +124,7 @@ def question_run(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
     return dg.MaterializeResult(
         metadata=known(
             {
+                **partition_metadata(summary),
                 "question_run_ids": dg.MetadataValue.json(summary["question_run_ids"]),
                 "input_tokens": summary["input_tokens"],
                 "output_tokens": summary["output_tokens"],
