@@ -507,10 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="site_command", required=True
     )
     site_load = site.add_parser("load", help="load or update a site from a YAML file")
-    site_load.add_argument("file")
+    site_load.add_argument("file", help="path of the site file (YAML)")
     site_load.set_defaults(func=cmd_site_load)
     build = site.add_parser("build", help="build the site's segments and ICPs as Dagster runs")
-    build.add_argument("site")
+    build.add_argument("site", help="the site's id, as in its site file")
     build.add_argument(
         "--segment", action="append", help="build only this segment id (repeatable; see `site report`)"
     )
@@ -530,13 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait before each segment build (default: %(default)s)",
     )
     build.add_argument("--rebuild", action="store_true", help="ask again even where a result is stored")
-    build.add_argument("--workers", type=int, default=3, help="segments built at once (default: %(default)s)")
-    build.add_argument("--no-progress", action="store_true")
+    build.add_argument(
+        "--workers", type=_workers, default=3, help="segments built at once (default: %(default)s)"
+    )
+    build.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     build.set_defaults(func=cmd_site_build)
     site_report = site.add_parser(
         "report", help="print each segment's ICP profile, analysis, fit score or error, and the ranking"
     )
-    site_report.add_argument("site")
+    site_report.add_argument("site", help="the site's id, as in its site file")
     site_report.add_argument("--json", action="store_true", help="machine-readable JSON")
     site_report.add_argument(
         "--segment", action="append", help="only this segment id (repeatable); the ranking stays whole"
