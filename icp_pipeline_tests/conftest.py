@@ -14,6 +14,27 @@ from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 
 EXAMPLE_ORG = Path(__file__).parent.parent / "icp_pipeline" / "examples" / "acme.yaml"
 
+# The test tiers, in the order they run: unit (seconds, no services), integration (PostgreSQL, CLI
+# subprocesses, fake provider servers), e2e (dagster-daemon, dagster-webserver, a browser; minutes).
+TESTS_DIR = Path(__file__).parent
+TIERS = ("unit", "integration", "e2e")
+
+
+def tier_of(item: pytest.Item) -> int:
+    """The tier of a collected test from its folder; a test outside the three folders counts as integration."""
+    folder = item.path.relative_to(TESTS_DIR).parts[0] if item.path.is_relative_to(TESTS_DIR) else ""
+    return TIERS.index(folder) if folder in TIERS else TIERS.index("integration")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, which reads the marker added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under e2e/ `e2e` (`pytest -m "not e2e"` leaves them out) and run the tiers in
+    order, so a broken unit test fails in seconds, not after the daemon tests' minutes."""
+    for item in items:
+        if tier_of(item) == TIERS.index("e2e"):
+            item.add_marker(pytest.mark.e2e)
+    items.sort(key=tier_of)  # stable: within a tier, pytest's own order
+
 
 def example_org_data(samples: int = 1) -> dict:
     """The example org file as data, asking each question x model x location `samples` times.
