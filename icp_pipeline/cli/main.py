@@ -144,13 +144,16 @@ def _print_delivery(outcome) -> None:  # noqa: ANN001 - CycleOutcome, imported l
 
 
 def ui_command() -> str:
-    """The command that opens the Dagster UI on the instance and app database this CLI uses."""
+    """The command that opens the Dagster UI on the instance and app database this CLI uses. It starts
+    in DAGSTER_HOME: started in a clone's root, Dagster finds the repository's production dagster.yaml
+    and warns that it is ignored. Paths are absolute, since the code server runs in that folder too."""
     from icp_pipeline.settings import dagster_home, icp_home
 
-    env = f"DAGSTER_HOME={shlex.quote(str(dagster_home()))}"
+    home = shlex.quote(str(dagster_home().resolve()))
+    env = f"DAGSTER_HOME={home}"
     if "ICP_DATABASE_URL" not in os.environ:  # the app database is the SQLite file under ICP_HOME
-        env += f" ICP_HOME={shlex.quote(str(icp_home()))}"
-    return f"{env} dagster dev -m icp_pipeline.definitions"
+        env += f" ICP_HOME={shlex.quote(str(icp_home().resolve()))}"
+    return f"cd {home} && {env} dg dev -m icp_pipeline.definitions"
 
 
 def _print_next_steps(org_id: str) -> None:

@@ -91,7 +91,7 @@ def test_demo_runs_the_example_cycle_and_report_prints_json(icp_env: Path) -> No
     assert demo.stdout.count("next:") == 1
     assert demo.stdout.index("next:") > demo.stdout.index("site acme:")
     assert "icp-pipeline org report acme" in demo.stdout
-    assert f"DAGSTER_HOME={icp_env / 'dagster_home'} ICP_HOME={icp_env} dagster dev" in demo.stdout
+    assert f"DAGSTER_HOME={icp_env / 'dagster_home'} ICP_HOME={icp_env} dg dev" in demo.stdout
 
     report = subprocess.run(
         [sys.executable, "-m", "icp_pipeline.cli.main", "org", "report", "acme", "--json"],

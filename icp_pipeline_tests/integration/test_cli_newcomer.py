@@ -48,7 +48,7 @@ def test_org_run_says_where_the_analytics_went_and_what_to_do_next(
     assert "icp-pipeline org report tiny" in out
     assert "icp-pipeline org history tiny" in out
     home = os.environ["DAGSTER_HOME"]
-    assert f"DAGSTER_HOME={home} ICP_HOME={icp_env} dagster dev -m icp_pipeline.definitions" in out
+    assert f"cd {home} && DAGSTER_HOME={home} ICP_HOME={icp_env} dg dev -m icp_pipeline.definitions" in out
 
     # `org push` says where it went again; it prints no next steps.
     assert main(["org", "push", "tiny"]) == 0

@@ -1,6 +1,9 @@
 """`icp-pipeline site report`, `site build` input errors, the ICP metadata and lineage, as a user sees them."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -60,16 +63,23 @@ def test_build_help_shows_the_defaults(capsys) -> None:
 
 def test_report_shows_errors_then_profiles_ranking_and_metadata(loaded_site, monkeypatch, capsys) -> None:
     # A failing model: discovery fails, the imported segment's build fails, no summary.
-    monkeypatch.setenv("ICP_OFFLINE_FAIL_MODELS", "broken")
-    assert main(["site", "build", "acme", "--segment", IMPORTED, *OFFLINE[:2], "--model", "broken"]) == 1
-    capsys.readouterr()
+    # As a command of its own: the fault is read from the environment when the definitions load, and
+    # this process may have loaded them already.
+    build = subprocess.run(
+        [sys.executable, "-m", "icp_pipeline.cli.main", "site", "build", "acme", "--segment", IMPORTED]
+        + [*OFFLINE[:2], "--model", "broken", "--no-progress"],
+        env={**os.environ, "ICP_OFFLINE_FAIL_MODELS": "broken"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 1, build.stdout + build.stderr
     assert main(["site", "report", "acme"]) == 0
     out = capsys.readouterr().out
     assert f"## Data platform teams [{IMPORTED}, imported]" in out
     assert "Status: error: offline/broken: the offline provider is configured to fail this model" in out
     assert "The site summary failed: no segment succeeded" in out
 
-    monkeypatch.delenv("ICP_OFFLINE_FAIL_MODELS")
     assert main(["site", "build", "acme", *OFFLINE]) == 0
     capsys.readouterr()
 
