@@ -66,8 +66,16 @@ def execute_one(
         return False, f"{type(error).__name__}: {error}"
     if result.success:
         return True, ""
-    failures = [e.event_specific_data.error.message.strip() for e in result.all_events if e.is_step_failure]
+    failures = [_user_error(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]
     return False, failures[-1] if failures else "run failed"
+
+
+def _user_error(error: Any) -> str:
+    """The step's own error ("ValueError: ..."), not Dagster's wrapper around it ("Error occurred while
+    executing op ...")."""
+    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+        error = error.cause
+    return error.message.strip()
 
 
 def _worker_main(conn: Connection, job: Any, parents_ends: list[Connection]) -> None:
