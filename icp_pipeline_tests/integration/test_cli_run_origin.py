@@ -5,15 +5,19 @@ and `org run` opens its cycle by materializing `org_cycle`."""
 from pathlib import Path
 
 import dagster as dg
+import pytest
+import sqlalchemy as sa
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 from dagster._core.workspace.load import location_origins_from_yaml_paths
 
 from icp_pipeline.cli.instance import write_embedded_instance_yaml
 from icp_pipeline.cli.origins import LOCATION_NAME, remote_job_origin
 from icp_pipeline.cli.runner import run_cycle
+from icp_pipeline.db.models import Cycle, Question
+from icp_pipeline.db.session import session_scope
 from icp_pipeline_tests.integration.test_cli_faults import cli_env, finish, load, small_org, start
 from icp_pipeline_tests.support.dagster_services import REPO_ROOT, dagster_services
-from icp_pipeline_tests.support.pipeline import pipeline_defs
+from icp_pipeline_tests.support.pipeline import count, pipeline_defs
 
 LABEL = f"__repository__@{LOCATION_NAME}"
 
@@ -43,14 +47,12 @@ def test_org_run_records_runs_with_an_origin_and_materializes_org_cycle(
 
     first = run_cycle("tiny", workers=2, progress=False, defs=defs)
     assert first.status == "succeeded" and first.pushed
-    # The next cycle is a materialization too; a command that only reports opens none.
-    second = run_cycle("tiny", workers=2, progress=False, defs=defs, new_cycle=True)
-    assert second.cycle_id == first.cycle_id + 1
+    # A command that only reports the cycle opens none.
     assert run_cycle("tiny", progress=False, defs=defs, existing_only=True).status == "refused"
 
     with dg.DagsterInstance.get() as instance:
         runs = instance.get_runs(dg.RunsFilter(job_name="question_run_job"))
-        assert len(runs) == 8  # 4 question runs per cycle
+        assert len(runs) == 4  # 1 question x 2 models x 2 locations
         # Listed under their job in the UI: by job name and the repository label of the location.
         listed = instance.get_runs(
             dg.RunsFilter(job_name="question_run_job", tags={REPOSITORY_LABEL_TAG: LABEL})
@@ -67,12 +69,31 @@ def test_org_run_records_runs_with_an_origin_and_materializes_org_cycle(
 
         records = org_cycle_materializations(instance, "tiny")
         cycles = sorted(r.asset_materialization.metadata["cycle_id"].value for r in records)
-        assert cycles == [first.cycle_id, second.cycle_id]
+        assert cycles == [first.cycle_id]
         for record in records:
             run = instance.get_run_by_id(record.run_id)
             assert run.job_name == "org_cycle_job" and run.remote_job_origin == remote_job_origin(
                 "org_cycle_job"
             )
+
+
+def test_a_cycle_org_cycle_cannot_open_ends_the_command_with_its_error(
+    icp_env: Path, tmp_path, monkeypatch
+) -> None:
+    db_url = f"sqlite:///{icp_env / 'app.db'}"
+    monkeypatch.setenv("ICP_DATABASE_URL", db_url)
+    write_embedded_instance_yaml(icp_env / "dagster_home")
+    load(db_url, small_org(tmp_path))
+    with session_scope(db_url) as session:
+        session.execute(sa.update(Question).values(active=False))
+    with pytest.raises(
+        ValueError, match="could not open a cycle of tiny: ValueError: org 'tiny' has no active"
+    ):
+        run_cycle("tiny", progress=False, defs=pipeline_defs(db_url))
+    assert count(db_url, Cycle) == 0
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="org_cycle_job"))
+        assert run.status == dg.DagsterRunStatus.FAILURE
 
 
 REEXECUTE = """
