@@ -31,7 +31,6 @@ from icp_pipeline.visibility.cycles import (
     claim_rollup,
     delivered,
     latest_cycle,
-    open_cycle,
     refresh_cycle,
     require_org,
 )
@@ -42,6 +41,7 @@ __all__ = ["QUIET", "execute_one", "execute_partitions", "with_quiet_logs"]
 DEFAULT_MIN_CYCLE_INTERVAL = timedelta(hours=1)
 # How long `org run` waits for a roll-up that another process (the sensor, another `org run`) claimed.
 ROLLUP_WAIT_SECONDS = 180.0
+_CYCLE_JOB = "org_cycle_job"
 _ROLLUP_JOB = "org_rollup_job"
 # The roll-up without the blocking quality gates: `org push --ignore-gates` only.
 _UNGATED_ROLLUP_JOB = "org_rollup_ungated_job"
@@ -225,8 +225,17 @@ def run_cycle(
                         f"it now, or see the latest analytics with `icp-pipeline org report {org_id}`"
                     )
                 return outcome
-        cycle, created = open_cycle(session, org_id)
-        cycle_id = cycle.id
+        running = last.id if last is not None and last.status == "running" else None
+
+    from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
+
+    instance.add_dynamic_partitions(orgs_partitions.name, [org_id])
+    if running is None:
+        cycle_id, created = materialize_org_cycle(org_id, instance, defs)
+    else:
+        cycle_id, created = running, False
+    with session_scope(db_url) as session:
+        cycle = refresh_cycle(session, cycle_id)
         keys = sorted({i.partition_key for i in cycle.items if i.status not in ("succeeded", "failed")})
         done = (cycle.completed, cycle.failed, cycle.total)
         planned = estimate.estimate(estimate.open_item_calls(session, cycle_id), is_live, overrides)
@@ -243,10 +252,7 @@ def run_cycle(
             + ("; the estimate is over what is left, so some runs may fail" if over else "")
         )
 
-    from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
-
     instance.add_dynamic_partitions(question_runs_partitions.name, keys)
-    instance.add_dynamic_partitions(orgs_partitions.name, [org_id])
 
     bar = Progress(done[2], progress)
     completed, failed = done[0], done[1]
@@ -264,6 +270,22 @@ def run_cycle(
             bar.show(completed, failed)
     bar.close()
     return finish_cycle(org_id, cycle_id, instance, defs)
+
+
+def materialize_org_cycle(org_id: str, instance: Any, defs: Any) -> tuple[int, bool]:
+    """Open the org's next cycle by materializing `org_cycle` for its partition, as the schedule and the
+    sync sensor do; (cycle id, created). The asset opens it under the org row's lock: a command that
+    finds a cycle already running (another `org run`, the schedule) shares that cycle."""
+    from dagster import DagsterEventType
+
+    tags = {"icp/org": org_id, "icp/launched_by": "cli"}
+    run_id = str(uuid.uuid4())
+    ok, error = execute_one(defs.resolve_job_def(_CYCLE_JOB), org_id, instance, tags, run_id=run_id)
+    if not ok:
+        raise ValueError(f"could not open a cycle of {org_id}: {error}")
+    (record,) = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    metadata = record.event_log_entry.asset_materialization.metadata
+    return int(metadata["cycle_id"].value), bool(metadata["created"].value)
 
 
 def _usd(amount: float) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from icp_pipeline.cli.origins import execute_with_origin
 from icp_pipeline.cli.recovery import (
     RETRY_OF_TAG,
     WORKER_TAG,
@@ -56,23 +57,25 @@ def execute_one(
     run_config: dict[str, Any] | None = None,
     run_id: str | None = None,
 ) -> tuple[bool, str]:
-    """Execute one partition of a job in this process; (success, last step error)."""
+    """Execute one partition of a job in this process, as a run of the workspace's code location (the
+    UI lists it under its job and can re-execute it); (success, last step error)."""
     tags = {**tags, WORKER_TAG: process_identity()}
     try:
-        result = job.execute_in_process(
-            partition_key=partition_key,
-            instance=instance,
-            raise_on_error=False,
-            tags=tags,
-            run_config=with_quiet_logs(run_config),
-            run_id=run_id,
-        )
+        result = execute_with_origin(job, partition_key, instance, tags, with_quiet_logs(run_config), run_id)
     except Exception as error:  # a crash outside the steps: the caller records it
         return False, f"{type(error).__name__}: {error}"
     if result.success:
         return True, ""
-    failures = [e.event_specific_data.error.message.strip() for e in result.all_events if e.is_step_failure]
+    failures = [_user_error(e.event_specific_data.error) for e in result.all_events if e.is_step_failure]
     return False, failures[-1] if failures else "run failed"
+
+
+def _user_error(error: Any) -> str:
+    """The step's own error ("ValueError: ..."), not Dagster's wrapper around it ("Error occurred while
+    executing op ...")."""
+    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+        error = error.cause
+    return error.message.strip()
 
 
 def _worker_main(conn: Connection, job: Any, parents_ends: list[Connection]) -> None:
