@@ -74,7 +74,12 @@ def load_instance_and_defs(defs: Any = None) -> tuple[Any, Any]:
 
     prepare_dagster_home()
     if defs is None:
-        from icp_pipeline.definitions import defs
+        # Built for this command, with the resources its environment names now (the module's `defs`
+        # read the environment when it was first imported, which in a long-lived process may differ).
+        from icp_pipeline.definitions import build_defs
+        from icp_pipeline.defs.resources import resources_from_env
+
+        defs = build_defs(resources_from_env())
     instance = get_instance()
     reaped = reap_dead_runs(instance, database_url())
     if reaped:
