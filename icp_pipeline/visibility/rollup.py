@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Subquery, and_, case, func, select
+from sqlalchemy import BigInteger, Subquery, and_, case, cast, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -45,14 +45,17 @@ _COMPANY_SUMS = ["mentioned", "position_sum", "position_squares", "cited", "ment
 
 
 def latest_runs(org_id: str) -> Subquery:
-    """The runs the analytics count: latest, of an active question, model and location."""
+    """The runs the analytics count: latest, of an active question, model and location. Integer keys:
+    grouping by them is cheap; the labels (question key, provider/model, country) are mapped after."""
     return (
         select(
             QuestionRun.id.label("run_id"),
-            Question.key.label("question"),
-            (QuestionRun.provider + "/" + QuestionRun.requested_model).label("model"),
-            OrgLocation.country_code.label("location"),
-            QuestionRun.synthetic.label("synthetic"),
+            QuestionRun.question_id,
+            QuestionRun.model_id,
+            QuestionRun.location_id,
+            QuestionRun.provider,
+            QuestionRun.requested_model,
+            QuestionRun.synthetic,
         )
         .join(Question, Question.id == QuestionRun.question_id)
         .join(OrgModel, OrgModel.id == QuestionRun.model_id)
@@ -77,62 +80,101 @@ def _active_company(org_id: str) -> ColumnElement[bool]:
     return and_(Company.id == CompetitiveMetric.company_id, Company.org_id == org_id, Company.active)
 
 
-def _mentions_per_run(org_id: str, latest: Subquery) -> Subquery:
-    """Per latest run, how many active companies it mentions (the denominator of share of voice)."""
+def _mentions_per_run(org_id: str) -> Subquery:
+    """Per latest run of the org, how many active companies it mentions (the denominator of share of
+    voice). Runs of inactive questions, models or locations drop out at the join with `latest`."""
     return (
         select(CompetitiveMetric.question_run_id.label("run_id"), func.count().label("mentions"))
-        .join(latest, latest.c.run_id == CompetitiveMetric.question_run_id)
+        .join(QuestionRun, QuestionRun.id == CompetitiveMetric.question_run_id)
         .join(Company, _active_company(org_id))
-        .where(_mentioned())
+        .where(QuestionRun.org_id == org_id, QuestionRun.is_latest, _mentioned())
         .group_by(CompetitiveMetric.question_run_id)
         .subquery("per_run")
     )
 
 
+_IDS = ["question_id", "model_id", "location_id"]
+
+
+def _sum(value: ColumnElement[Any]) -> ColumnElement[int]:
+    # PostgreSQL sums bigints as numeric (Decimal in Python, slow to convert): keep them bigint.
+    return cast(func.sum(value), BigInteger)
+
+
+def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
+    """A frame built column by column (pandas inspects every row object when given rows)."""
+    data = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    return pd.DataFrame(dict(zip(columns, data, strict=True)))
+
+
 def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two frames: per cell its runs, the sum of squared mentions per run and whether any run is
-    synthetic; per cell and company its mentioned runs, sums of positions and squared positions,
-    cited runs, and the sum of the runs' mentions over the runs that mention it."""
-    per_run = _mentions_per_run(org_id, latest)
+    """Two frames keyed by the cell labels (question key, provider/model, country): per cell its runs,
+    the sum of squared mentions per run and whether any run is synthetic; per cell and company its
+    mentioned runs, sums of positions and squared positions, cited runs, and the sum of the runs'
+    mentions over the runs that mention it. Summed in SQL per cell of ids, then per label."""
+    per_run = _mentions_per_run(org_id)
     mentions = func.coalesce(per_run.c.mentions, 0)
-    cell_columns = [latest.c.question, latest.c.model, latest.c.location]
+    ids = [latest.c.question_id, latest.c.model_id, latest.c.location_id]
+    # The label of a model is the run's provider/requested_model, as the reference has it.
+    labelled = [*ids, latest.c.provider, latest.c.requested_model]
     cells = session.execute(
         select(
-            *cell_columns,
+            *labelled,
             func.count().label("runs"),
-            func.sum(mentions * mentions).label("mention_squares"),
+            _sum(mentions * mentions).label("mention_squares"),
             func.max(case((latest.c.synthetic, 1), else_=0)).label("synthetic"),
         )
         .select_from(latest)
         .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
-        .group_by(*cell_columns)
+        .group_by(*labelled)
     ).all()
+    cell_frame = pd.DataFrame(
+        cells, columns=[*_IDS, "provider", "requested_model", "runs", "mention_squares", "synthetic"]
+    )
+    # One model id with two labels among its latest runs (renamed between cycles): group by them too.
+    ambiguous = bool(cell_frame.duplicated(_IDS).any())
+    company_keys = [*(labelled if ambiguous else ids), CompetitiveMetric.company_id]
     mentioned = _mentioned()
     company_cells = session.execute(
         select(
-            *cell_columns,
-            CompetitiveMetric.company_id,
-            func.sum(case((mentioned, 1), else_=0)).label("mentioned"),
-            func.sum(case((mentioned, CompetitiveMetric.position), else_=0)).label("position_sum"),
-            func.sum(
-                case((mentioned, CompetitiveMetric.position * CompetitiveMetric.position), else_=0)
-            ).label("position_squares"),
-            func.sum(case((CompetitiveMetric.cited, 1), else_=0)).label("cited"),
-            func.sum(case((mentioned, mentions), else_=0)).label("mentions_with"),
+            *company_keys,
+            _sum(case((mentioned, 1), else_=0)).label("mentioned"),
+            _sum(case((mentioned, CompetitiveMetric.position), else_=0)).label("position_sum"),
+            _sum(case((mentioned, CompetitiveMetric.position * CompetitiveMetric.position), else_=0)).label(
+                "position_squares"
+            ),
+            _sum(case((CompetitiveMetric.cited, 1), else_=0)).label("cited"),
+            _sum(case((mentioned, mentions), else_=0)).label("mentions_with"),
         )
         .select_from(latest)
         .join(CompetitiveMetric, CompetitiveMetric.question_run_id == latest.c.run_id)
         .join(Company, _active_company(org_id))
         .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
-        .group_by(*cell_columns, CompetitiveMetric.company_id)
+        .group_by(*company_keys)
     ).all()
-    cell_frame = pd.DataFrame(cells, columns=[*CELL, "runs", "mention_squares", "synthetic"])
-    company_frame = pd.DataFrame(company_cells, columns=[*CELL, "company_id", *_COMPANY_SUMS])
-    for frame, columns in (
-        (cell_frame, ["runs", "mention_squares", "synthetic"]),
-        (company_frame, _COMPANY_SUMS),
-    ):
+    id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
+    company_frame = _frame(company_cells, [*id_keys, "company_id", *_COMPANY_SUMS])
+    questions = dict(
+        session.execute(select(Question.id, Question.key).where(Question.org_id == org_id)).all()
+    )
+    locations = dict(
+        session.execute(
+            select(OrgLocation.id, OrgLocation.country_code).where(OrgLocation.org_id == org_id)
+        ).all()
+    )
+    cell_frame["question"] = cell_frame["question_id"].map(questions)
+    cell_frame["model"] = cell_frame["provider"] + "/" + cell_frame["requested_model"]
+    cell_frame["location"] = cell_frame["location_id"].map(locations)
+    company_frame = company_frame.merge(cell_frame[[*id_keys, *CELL]], on=id_keys)
+    cell_sums = ["runs", "mention_squares", "synthetic"]
+    for frame, columns in ((cell_frame, cell_sums), (company_frame, _COMPANY_SUMS)):
         frame[columns] = frame[columns].fillna(0).astype("int64")
+    # Two model ids may share a label (one model with and without web search): one cell, as in the
+    # reference, which groups runs by their labels.
+    cell_frame = cell_frame.groupby(CELL, as_index=False).agg(
+        runs=("runs", "sum"), mention_squares=("mention_squares", "sum"), synthetic=("synthetic", "max")
+    )
+    company_frame = company_frame.groupby([*CELL, "company_id"], as_index=False)[_COMPANY_SUMS].sum()
     return cell_frame, company_frame
 
 
@@ -267,13 +309,15 @@ def _bootstrap(
     rows = session.execute(
         select(
             latest.c.run_id,
-            latest.c.question,
-            latest.c.model,
-            latest.c.location,
+            Question.key,
+            latest.c.provider + "/" + latest.c.requested_model,
+            OrgLocation.country_code,
             metrics.c.company_id,
             metrics.c.position,
         )
         .select_from(latest)
+        .join(Question, Question.id == latest.c.question_id)
+        .join(OrgLocation, OrgLocation.id == latest.c.location_id)
         .outerjoin(metrics, metrics.c.question_run_id == latest.c.run_id)
         .order_by(latest.c.run_id)
     ).all()

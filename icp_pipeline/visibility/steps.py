@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, tuple_, update
+from sqlalchemy import and_, delete, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import (
@@ -473,6 +473,10 @@ def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
             .values(is_latest=True)
             .execution_options(synchronize_session=False)
         )
+        if session.get_bind().dialect.name == "postgresql":
+            # The planner's statistics still see the old flags (before a first cycle: no latest run
+            # at all) and would plan the roll-up's joins for one row: nested loops, minutes at scale.
+            session.execute(text("ANALYZE question_runs"))
         per_cycle = session.execute(
             select(qr.cycle_id, func.count())
             .where(qr.org_id == org_id, qr.is_latest)
