@@ -71,6 +71,10 @@ def main() -> None:
         "--sqlite", action="store_true", help="SQLite in a temporary file instead of PostgreSQL"
     )
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    parser.add_argument("--org", default="bench", help="the org id to build or reuse")
+    parser.add_argument(
+        "--reuse", metavar="URL", help="measure --org already built at URL (its latest flags are reset first)"
+    )
     parser.add_argument("--measure", nargs=2, metavar=("URL", "ORG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -83,7 +87,9 @@ def main() -> None:
     shape = OrgShape(args.questions, args.models, args.locations, args.samples, args.companies)
     admin = None
     workdir = tempfile.TemporaryDirectory(prefix="icp-bench-")
-    if args.sqlite:
+    if args.reuse:
+        url = args.reuse
+    elif args.sqlite:
         url = f"sqlite:///{Path(workdir.name) / 'bench.db'}"
     else:
         name = f"icp_bench_{uuid.uuid4().hex[:10]}"
@@ -92,17 +98,21 @@ def main() -> None:
             connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
         url = admin.url.set(database=name).render_as_string(hide_password=False)
     try:
-        upgrade(url)
         started = time.perf_counter()
-        build_org(url, "bench", shape)
+        if args.reuse:
+            with sa.create_engine(url).begin() as connection:
+                connection.execute(sa.text("UPDATE question_runs SET is_latest = false"))
+        else:
+            upgrade(url)
+            build_org(url, args.org, shape)
         build_seconds = time.perf_counter() - started
-        if not args.sqlite:
+        if not url.startswith("sqlite"):
             # Fresh planner statistics, as autovacuum would have them on a live database.
             with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as connection:
                 connection.execute(sa.text("ANALYZE"))
         load_before = os.getloadavg()
         child = subprocess.run(
-            [sys.executable, __file__, "--repeats", str(args.repeats), "--measure", url, "bench"],
+            [sys.executable, __file__, "--repeats", str(args.repeats), "--measure", url, args.org],
             capture_output=True,
             text=True,
             check=True,

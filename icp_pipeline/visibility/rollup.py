@@ -148,12 +148,14 @@ def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFram
         )
         .select_from(latest)
         .join(CompetitiveMetric, CompetitiveMetric.question_run_id == latest.c.run_id)
-        .join(Company, _active_company(org_id))
         .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
         .group_by(*company_keys)
     ).all()
     id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
     company_frame = _frame(company_cells, [*id_keys, "company_id", *_COMPANY_SUMS])
+    # Inactive companies' rows are dropped here, not by one more join over every metric row.
+    active = set(session.scalars(select(Company.id).where(Company.org_id == org_id, Company.active)))
+    company_frame = company_frame[company_frame["company_id"].isin(active)]
     questions = dict(
         session.execute(select(Question.id, Question.key).where(Question.org_id == org_id)).all()
     )

@@ -461,6 +461,11 @@ def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
             .group_by(qr.question_id, qr.model_id, qr.location_id)
         )
         is_newest = and_(qr.status == "completed", combination.in_(newest))
+        analyze = session.get_bind().dialect.name == "postgresql"
+        if analyze:
+            # Fresh statistics first: a table filled since autovacuum last looked (a first big cycle)
+            # plans the UPDATE's semi-join as nested loops, quadratic in the runs.
+            session.execute(text("ANALYZE question_runs"))
         session.execute(
             update(qr)
             .where(qr.org_id == org_id, qr.is_latest, ~is_newest)
@@ -473,7 +478,7 @@ def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
             .values(is_latest=True)
             .execution_options(synchronize_session=False)
         )
-        if session.get_bind().dialect.name == "postgresql":
+        if analyze:
             # The planner's statistics still see the old flags (before a first cycle: no latest run
             # at all) and would plan the roll-up's joins for one row: nested loops, minutes at scale.
             session.execute(text("ANALYZE question_runs"))
