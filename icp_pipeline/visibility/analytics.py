@@ -13,7 +13,9 @@ from icp_pipeline.terminal import inert
 from icp_pipeline.visibility import stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
-ANALYTICS_VERSION = "analytics-3"
+# analytics-4: computed in the database (rollup.py); orgs above stats.BOOTSTRAP_MAX_RUNS latest runs
+# get delta-method share-of-voice and position intervals instead of the bootstrap (same below it).
+ANALYTICS_VERSION = "analytics-4"
 DEFAULT_MIN_RUNS = 10
 SIGNIFICANCE_LEVEL = 0.05
 
@@ -61,7 +63,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 6) if denominator else None
 
 
-def _bootstrap_intervals(
+def bootstrap_intervals(
     companies: list[CompanyInfo], runs: list[RunFacts], rows: list[dict[str, Any]]
 ) -> None:
     """Adds share_of_voice_ci and average_position_ci to rows: one percentile bootstrap over the runs,
@@ -116,7 +118,7 @@ def company_stats(
                 "insufficient_data": len(runs) < min_runs,
             }
         )
-    _bootstrap_intervals(companies, runs, rows)
+    bootstrap_intervals(companies, runs, rows)
     return rows
 
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import (
@@ -23,9 +23,7 @@ from icp_pipeline.db.models import (
     Mention,
     ModelCall,
     Org,
-    OrgLocation,
     OrgModel,
-    Question,
     QuestionRun,
 )
 from icp_pipeline.db.session import session_scope
@@ -45,6 +43,7 @@ from icp_pipeline.providers.budgets import answer_token_budget
 from icp_pipeline.providers.factory import location_in_prompt
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.visibility import analytics as analytics_lib
+from icp_pipeline.visibility import rollup
 from icp_pipeline.visibility.citations import CITATIONS_VERSION, extract_citations
 from icp_pipeline.visibility.claims import (
     CLAIMS_VERSION,
@@ -469,40 +468,52 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
 
 def mark_latest(db_url: str, org_id: str) -> dict[str, Any]:
     """Flag, per question x model x location, the completed runs of the newest cycle that has one: every
-    completed sample of that cycle, and none of an older cycle (samples lowered from 3 to 1 leave one)."""
+    completed sample of that cycle, and none of an older cycle (samples lowered from 3 to 1 leave one).
+    Two UPDATEs against a grouped subquery: no run ids travel to Python and back."""
     with session_scope(db_url) as session:
         require_org(session, org_id)
         qr = QuestionRun
+        combination = tuple_(qr.question_id, qr.model_id, qr.location_id, qr.cycle_id)
         newest = (
-            select(qr.question_id, qr.model_id, qr.location_id, func.max(qr.cycle_id).label("cycle_id"))
+            select(qr.question_id, qr.model_id, qr.location_id, func.max(qr.cycle_id))
             .where(qr.org_id == org_id, qr.status == "completed")
             .group_by(qr.question_id, qr.model_id, qr.location_id)
-            .subquery()
         )
-        latest_ids = (
-            select(qr.id)
-            .join(
-                newest,
-                and_(
-                    qr.question_id == newest.c.question_id,
-                    qr.model_id == newest.c.model_id,
-                    qr.location_id == newest.c.location_id,
-                    qr.cycle_id == newest.c.cycle_id,
-                ),
-            )
-            .where(qr.status == "completed", qr.org_id == org_id)
-        )
-        ids = set(session.scalars(latest_ids))
-        session.execute(update(qr).where(qr.org_id == org_id, qr.id.in_(ids)).values(is_latest=True))
+        is_newest = and_(qr.status == "completed", combination.in_(newest))
+        analyze = session.get_bind().dialect.name == "postgresql"
+        if analyze:
+            # Fresh statistics first: a table filled since autovacuum last looked (a first big cycle)
+            # plans the UPDATE's semi-join as nested loops, quadratic in the runs.
+            session.execute(text("ANALYZE question_runs"))
         session.execute(
-            update(qr).where(qr.org_id == org_id, qr.id.not_in(ids), qr.is_latest).values(is_latest=False)
+            update(qr)
+            .where(qr.org_id == org_id, qr.is_latest, ~is_newest)
+            .values(is_latest=False)
+            .execution_options(synchronize_session=False)
         )
-        cycles = sorted({c for (c,) in session.execute(select(qr.cycle_id).where(qr.id.in_(ids)))})
-        return {"latest_runs": len(ids), "from_cycles": cycles}
+        session.execute(
+            update(qr)
+            .where(qr.org_id == org_id, ~qr.is_latest, is_newest)
+            .values(is_latest=True)
+            .execution_options(synchronize_session=False)
+        )
+        if analyze:
+            # The planner's statistics still see the old flags (before a first cycle: no latest run
+            # at all) and would plan the roll-up's joins for one row: nested loops, minutes at scale.
+            session.execute(text("ANALYZE question_runs"))
+        per_cycle = session.execute(
+            select(qr.cycle_id, func.count())
+            .where(qr.org_id == org_id, qr.is_latest)
+            .group_by(qr.cycle_id)
+            .order_by(qr.cycle_id)
+        ).all()
+        return {"latest_runs": sum(n for _, n in per_cycle), "from_cycles": [c for c, _ in per_cycle]}
 
 
 def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
-    """Compute the org's analytics for its newest cycle and store them as that cycle's snapshot."""
+    """Compute the org's analytics for its newest cycle and store them as that cycle's snapshot.
+    Counted in the database (rollup.org_analytics): memory and time grow with the org's combinations,
+    not with its runs."""
     with session_scope(db_url) as session:
         org = require_org(session, org_id)
         cycle = latest_cycle(session, org_id)
@@ -513,83 +524,17 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
                 select(Company).where(Company.org_id == org_id, Company.active).order_by(Company.id)
             )
         )
-        # Columns, not ORM objects: one query, no per-run lazy loads of the location or question.
-        runs = session.execute(
-            select(
-                QuestionRun.id,
-                QuestionRun.provider,
-                QuestionRun.requested_model,
-                OrgLocation.country_code,
-                Question.key,
-                QuestionRun.sample_index,
-                QuestionRun.synthetic,
-            )
-            .join(Question, Question.id == QuestionRun.question_id)
-            .join(OrgModel, OrgModel.id == QuestionRun.model_id)
-            .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
-            .where(
-                QuestionRun.org_id == org_id,
-                QuestionRun.is_latest,
-                Question.active,
-                OrgModel.active,
-                OrgLocation.active,
-            )
-            .order_by(QuestionRun.id)
-        ).all()
-        run_ids = [r.id for r in runs]
-        facts = {
-            r.id: analytics_lib.RunFacts(
-                run_id=r.id,
-                model=f"{r.provider}/{r.requested_model}",
-                location=r.country_code,
-                question=r.key,
-                sample_index=r.sample_index,
-            )
-            for r in runs
-        }
-        for metric in session.scalars(
-            select(CompetitiveMetric).where(CompetitiveMetric.question_run_id.in_(run_ids))
-        ):
-            if metric.mentioned and metric.position is not None:
-                facts[metric.question_run_id].positions[metric.company_id] = metric.position
-            if metric.cited:
-                facts[metric.question_run_id].cited_companies.add(metric.company_id)
-        for run_id, url, domain in session.execute(
-            select(Citation.question_run_id, Citation.url, Citation.domain).where(
-                Citation.question_run_id.in_(run_ids), Citation.cited
-            )
-        ):
-            facts[run_id].cited_urls.append((url, domain))
-        for run_id, company_id, sentiment in session.execute(
-            select(Claim.question_run_id, Claim.company_id, Claim.sentiment).where(
-                Claim.question_run_id.in_(run_ids)
-            )
-        ):
-            facts[run_id].claim_sentiments.append((company_id, sentiment))
-        calls = [
-            analytics_lib.CallCost(
-                f"{c.provider}/{c.requested_model}", c.input_tokens, c.output_tokens, c.cost_usd
-            )
-            for c in session.scalars(
-                select(ModelCall)
-                .join(CycleItem, CycleItem.id == ModelCall.cycle_item_id)
-                .where(CycleItem.cycle_id == cycle.id, ModelCall.paid)
-            )
-        ]
         grader = org_grader(org.grader_provider, org.grader_model)
-        payload = analytics_lib.compute_analytics(
+        payload = rollup.org_analytics(
+            session,
             org_id=org_id,
             cycle_id=cycle.id,
             generated_at=datetime.now(UTC),
             run_counts={"total": cycle.total, "completed": cycle.completed, "failed": cycle.failed},
             companies=[analytics_lib.CompanyInfo(c.id, c.name, c.is_target) for c in companies],
-            runs=list(facts.values()),
-            calls=calls,
-            synthetic=any(r.synthetic for r in runs),
             min_runs=org.min_runs,
             previous=previous_payload(session, org_id, cycle.id),
             grader=(grader.provider, grader.model) if grader else None,
-            graders=grader_usage(session, run_ids),
         )
         snapshot = session.scalars(
             select(AnalyticsSnapshot).where(
@@ -604,34 +549,6 @@ def build_analytics(db_url: str, org_id: str) -> AnalyticsSnapshot:
         snapshot.generated_at = datetime.now(UTC)
         session.flush()
         return snapshot
-
-
-def grader_usage(session: Session, run_ids: list[int]) -> list[analytics_lib.GraderUsage]:
-    """The models that made the claims of these runs (each claim names its model call), per model:
-    runs, claims, and whether any was synthetic. Runs without claims have no sentiment to attribute."""
-    rows = session.execute(
-        select(
-            ModelCall.provider,
-            ModelCall.requested_model,
-            ModelCall.synthetic,
-            func.count(func.distinct(Claim.question_run_id)),
-            func.count(Claim.id),
-        )
-        .join(ModelCall, ModelCall.id == Claim.model_call_id)
-        .where(Claim.question_run_id.in_(run_ids))
-        .group_by(ModelCall.provider, ModelCall.requested_model, ModelCall.synthetic)
-    ).all()
-    usage: dict[str, analytics_lib.GraderUsage] = {}
-    for provider, model, synthetic, runs, claims in rows:
-        label = f"{provider}/{model}"
-        seen = usage.get(label)
-        usage[label] = analytics_lib.GraderUsage(
-            label,
-            runs + (seen.runs if seen else 0),
-            claims + (seen.claims if seen else 0),
-            bool(synthetic) or (seen.synthetic if seen else False),
-        )
-    return list(usage.values())
 
 
 def previous_payload(session: Session, org_id: str, cycle_id: int) -> dict[str, Any] | None:

@@ -79,7 +79,7 @@ def test_the_payload_names_the_grader_and_the_graders_used() -> None:
     ]
     assert payload["mixed_graders"] is False
     assert payload["companies"][0]["company_id"] == 4
-    assert payload["analytics_version"] == "analytics-3"
+    assert payload["analytics_version"] == "analytics-4"
 
 
 def test_self_graded_models_are_reported_as_mixed_graders() -> None:

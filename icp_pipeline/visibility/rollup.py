@@ -1,0 +1,519 @@
+"""The org analytics computed in the database: counts by GROUP BY over the latest runs, so an org of
+any size costs a few queries and memory in proportion to its combinations, never to its runs.
+
+The payload is the one analytics.compute_analytics makes from per-run facts (its reference): the
+counts come from one GROUP BY per question x model x location (cell) and company, and every
+breakdown (overall, by model, by location, by question, stability) adds cells up. The latest runs are
+a subquery joined into each query: no list of run ids is ever sent (SQLite refuses more than 32,766
+variables, and such lists cost memory in proportion to the runs).
+
+Intervals of share of voice and average position: the percentile bootstrap over runs
+(stats.bootstrap_resamples) for orgs with at most stats.BOOTSTRAP_MAX_RUNS latest runs, whose runs
+are then loaded (a bounded number); above it, the delta-method normal interval from the same sums
+(stats.ratio_interval), which needs no per-run data.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import BigInteger, Subquery, and_, case, cast, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from icp_pipeline.db.models import (
+    Citation,
+    Claim,
+    Company,
+    CompetitiveMetric,
+    CycleItem,
+    ModelCall,
+    OrgLocation,
+    OrgModel,
+    Question,
+    QuestionRun,
+)
+from icp_pipeline.visibility import analytics as analytics_lib
+from icp_pipeline.visibility import stats
+
+CELL = ["question", "model", "location"]
+# The breakdowns of the payload, each a column of the cells (None: the org as a whole).
+DIMENSIONS: tuple[str | None, ...] = (None, "model", "location", "question")
+_COMPANY_SUMS = ["mentioned", "position_sum", "position_squares", "cited", "mentions_with"]
+
+
+def latest_runs(org_id: str) -> Subquery:
+    """The runs the analytics count: latest, of an active question, model and location. Integer keys:
+    grouping by them is cheap; the labels (question key, provider/model, country) are mapped after."""
+    return (
+        select(
+            QuestionRun.id.label("run_id"),
+            QuestionRun.question_id,
+            QuestionRun.model_id,
+            QuestionRun.location_id,
+            QuestionRun.provider,
+            QuestionRun.requested_model,
+            QuestionRun.synthetic,
+        )
+        .join(Question, Question.id == QuestionRun.question_id)
+        .join(OrgModel, OrgModel.id == QuestionRun.model_id)
+        .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
+        .where(
+            QuestionRun.org_id == org_id,
+            QuestionRun.is_latest,
+            Question.active,
+            OrgModel.active,
+            OrgLocation.active,
+        )
+        .subquery("latest")
+    )
+
+
+def _mentioned() -> ColumnElement[bool]:
+    # A company counts as mentioned in a run when its metric says so and gives a position.
+    return and_(CompetitiveMetric.mentioned, CompetitiveMetric.position.is_not(None))
+
+
+def _active_company(org_id: str) -> ColumnElement[bool]:
+    return and_(Company.id == CompetitiveMetric.company_id, Company.org_id == org_id, Company.active)
+
+
+def _mentions_per_run(org_id: str) -> Subquery:
+    """Per latest run of the org, how many active companies it mentions (the denominator of share of
+    voice). Runs of inactive questions, models or locations drop out at the join with `latest`."""
+    return (
+        select(CompetitiveMetric.question_run_id.label("run_id"), func.count().label("mentions"))
+        .join(QuestionRun, QuestionRun.id == CompetitiveMetric.question_run_id)
+        .join(Company, _active_company(org_id))
+        .where(QuestionRun.org_id == org_id, QuestionRun.is_latest, _mentioned())
+        .group_by(CompetitiveMetric.question_run_id)
+        .subquery("per_run")
+    )
+
+
+_IDS = ["question_id", "model_id", "location_id"]
+
+
+def _sum(value: ColumnElement[Any]) -> ColumnElement[int]:
+    # PostgreSQL sums bigints as numeric (Decimal in Python, slow to convert): keep them bigint.
+    return cast(func.sum(value), BigInteger)
+
+
+def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
+    """A frame built column by column (pandas inspects every row object when given rows)."""
+    data = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    return pd.DataFrame(dict(zip(columns, data, strict=True)))
+
+
+def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two frames keyed by the cell labels (question key, provider/model, country): per cell its runs,
+    the sum of squared mentions per run and whether any run is synthetic; per cell and company its
+    mentioned runs, sums of positions and squared positions, cited runs, and the sum of the runs'
+    mentions over the runs that mention it. Summed in SQL per cell of ids, then per label."""
+    per_run = _mentions_per_run(org_id)
+    mentions = func.coalesce(per_run.c.mentions, 0)
+    ids = [latest.c.question_id, latest.c.model_id, latest.c.location_id]
+    # The label of a model is the run's provider/requested_model, as the reference has it.
+    labelled = [*ids, latest.c.provider, latest.c.requested_model]
+    cells = session.execute(
+        select(
+            *labelled,
+            func.count().label("runs"),
+            _sum(mentions * mentions).label("mention_squares"),
+            func.max(case((latest.c.synthetic, 1), else_=0)).label("synthetic"),
+        )
+        .select_from(latest)
+        .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
+        .group_by(*labelled)
+    ).all()
+    cell_frame = pd.DataFrame(
+        cells, columns=[*_IDS, "provider", "requested_model", "runs", "mention_squares", "synthetic"]
+    )
+    # One model id with two labels among its latest runs (renamed between cycles): group by them too.
+    ambiguous = bool(cell_frame.duplicated(_IDS).any())
+    company_keys = [*(labelled if ambiguous else ids), CompetitiveMetric.company_id]
+    mentioned = _mentioned()
+    company_cells = session.execute(
+        select(
+            *company_keys,
+            _sum(case((mentioned, 1), else_=0)).label("mentioned"),
+            _sum(case((mentioned, CompetitiveMetric.position), else_=0)).label("position_sum"),
+            _sum(case((mentioned, CompetitiveMetric.position * CompetitiveMetric.position), else_=0)).label(
+                "position_squares"
+            ),
+            _sum(case((CompetitiveMetric.cited, 1), else_=0)).label("cited"),
+            _sum(case((mentioned, mentions), else_=0)).label("mentions_with"),
+        )
+        .select_from(latest)
+        .join(CompetitiveMetric, CompetitiveMetric.question_run_id == latest.c.run_id)
+        .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
+        .group_by(*company_keys)
+    ).all()
+    id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
+    company_frame = _frame(company_cells, [*id_keys, "company_id", *_COMPANY_SUMS])
+    # Inactive companies' rows are dropped here, not by one more join over every metric row.
+    active = set(session.scalars(select(Company.id).where(Company.org_id == org_id, Company.active)))
+    company_frame = company_frame[company_frame["company_id"].isin(active)]
+    questions = dict(
+        session.execute(select(Question.id, Question.key).where(Question.org_id == org_id)).all()
+    )
+    locations = dict(
+        session.execute(
+            select(OrgLocation.id, OrgLocation.country_code).where(OrgLocation.org_id == org_id)
+        ).all()
+    )
+    cell_frame["question"] = cell_frame["question_id"].map(questions)
+    cell_frame["model"] = cell_frame["provider"] + "/" + cell_frame["requested_model"]
+    cell_frame["location"] = cell_frame["location_id"].map(locations)
+    company_frame = company_frame.merge(cell_frame[[*id_keys, *CELL]], on=id_keys)
+    cell_sums = ["runs", "mention_squares", "synthetic"]
+    for frame, columns in ((cell_frame, cell_sums), (company_frame, _COMPANY_SUMS)):
+        frame[columns] = frame[columns].fillna(0).astype("int64")
+    # Two model ids may share a label (one model with and without web search): one cell, as in the
+    # reference, which groups runs by their labels.
+    cell_frame = cell_frame.groupby(CELL, as_index=False).agg(
+        runs=("runs", "sum"), mention_squares=("mention_squares", "sum"), synthetic=("synthetic", "max")
+    )
+    company_frame = company_frame.groupby([*CELL, "company_id"], as_index=False)[_COMPANY_SUMS].sum()
+    return cell_frame, company_frame
+
+
+@dataclass(frozen=True)
+class _Counts:
+    runs: int
+    mention_squares: int
+    by_company: dict[int, dict[str, int]]  # company_id -> the _COMPANY_SUMS
+
+
+def _group_counts(
+    cells: pd.DataFrame, company_cells: pd.DataFrame, dimension: str | None
+) -> dict[Any, _Counts]:
+    """The sums of each group of the dimension (one group, key None, for the org as a whole)."""
+    if dimension is None:
+        run_sums = {None: cells[["runs", "mention_squares"]].sum()}
+        company_sums = {
+            (None, c): s for c, s in company_cells.groupby("company_id")[_COMPANY_SUMS].sum().iterrows()
+        }
+    else:
+        run_sums = dict(cells.groupby(dimension)[["runs", "mention_squares"]].sum().iterrows())
+        company_sums = dict(company_cells.groupby([dimension, "company_id"])[_COMPANY_SUMS].sum().iterrows())
+    by_company: dict[Any, dict[int, dict[str, int]]] = defaultdict(dict)
+    for (key, company_id), sums in company_sums.items():
+        by_company[key][int(company_id)] = {name: int(sums[name]) for name in _COMPANY_SUMS}
+    return {
+        key: _Counts(int(sums["runs"]), int(sums["mention_squares"]), by_company.get(key, {}))
+        for key, sums in run_sums.items()
+        if int(sums["runs"]) > 0
+    }
+
+
+def _company_rows(
+    companies: list[analytics_lib.CompanyInfo], counts: _Counts, min_runs: int, intervals: str
+) -> list[dict[str, Any]]:
+    """analytics.company_stats from sums; the bootstrap intervals are added later when used."""
+    ratio = analytics_lib._ratio  # noqa: SLF001 - the payload's one rounding rule
+    empty = dict.fromkeys(_COMPANY_SUMS, 0)
+    all_mentions = sum(counts.by_company.get(c.company_id, empty)["mentioned"] for c in companies)
+    rows = []
+    for company in companies:
+        sums = counts.by_company.get(company.company_id, empty)
+        mentioned, cited = sums["mentioned"], sums["cited"]
+        share = ratio(mentioned, all_mentions)
+        position = ratio(sums["position_sum"], mentioned)
+        row: dict[str, Any] = {
+            "company_id": company.company_id,
+            "name": company.name,
+            "is_target": company.is_target,
+            "runs": counts.runs,
+            "mentioned_runs": mentioned,
+            "mention_rate": ratio(mentioned, counts.runs),
+            "share_of_voice": share,
+            "average_position": position,
+            "cited_runs": cited,
+            "mention_rate_ci": stats.wilson_interval(mentioned, counts.runs),
+            "cited_rate": ratio(cited, counts.runs),
+            "cited_rate_ci": stats.wilson_interval(cited, counts.runs),
+            "insufficient_data": counts.runs < min_runs,
+        }
+        if intervals == "delta":
+            # share = mentioned / all mentions, a ratio of per-run sums: m (0/1) over M (mentions).
+            row["share_of_voice_ci"] = stats.ratio_interval(
+                numerator=mentioned,
+                denominator=all_mentions,
+                numerator_squares=mentioned,
+                cross_products=sums["mentions_with"],
+                denominator_squares=counts.mention_squares,
+                estimate=share,
+                bounds=(0.0, 1.0),
+            )
+            # position = sum of positions / mentioned runs: p over m (0/1), so m*p = p and m*m = m.
+            row["average_position_ci"] = stats.ratio_interval(
+                numerator=sums["position_sum"],
+                denominator=mentioned,
+                numerator_squares=sums["position_squares"],
+                cross_products=sums["position_sum"],
+                denominator_squares=mentioned,
+                estimate=position,
+                bounds=(1.0, None),
+            )
+        rows.append(row)
+    return rows
+
+
+def _stability(
+    cells: pd.DataFrame, company_cells: pd.DataFrame, companies: list[analytics_lib.CompanyInfo]
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """analytics.stability per question and company, from the cells: a cell is one model x location,
+    repeated when it has two samples or more, disagreeing when some but not all samples mention."""
+    ratio = analytics_lib._ratio  # noqa: SLF001
+    per_question = (
+        cells.assign(repeated=cells["runs"] >= 2)
+        .groupby("question")
+        .agg(combinations=("runs", "size"), repeated=("repeated", "sum"))
+    )
+    joined = company_cells.merge(cells[[*CELL, "runs"]], on=CELL)
+    joined["disagreeing"] = (
+        (joined["runs"] >= 2) & (joined["mentioned"] > 0) & (joined["mentioned"] < joined["runs"])
+    )
+    disagreeing = joined.groupby(["question", "company_id"])["disagreeing"].sum()
+    result: dict[str, dict[int, dict[str, Any]]] = {}
+    for question, row in per_question.iterrows():
+        repeated = int(row["repeated"])
+        result[str(question)] = {}
+        for company in companies:
+            count = int(disagreeing.get((question, company.company_id), 0))
+            result[str(question)][company.company_id] = {
+                "combinations": int(row["combinations"]),
+                "repeated_combinations": repeated,
+                "disagreeing_combinations": count,
+                "disagreement_rate": ratio(count, repeated),
+            }
+    return result
+
+
+def _bootstrap(
+    session: Session,
+    org_id: str,
+    latest: Subquery,
+    companies: list[analytics_lib.CompanyInfo],
+    breakdowns: dict[str | None, dict[Any, list[dict[str, Any]]]],
+) -> None:
+    """The bootstrap intervals of a small org (at most stats.BOOTSTRAP_MAX_RUNS runs): its runs with
+    their mentioned companies' positions, in run id order as analytics.compute_analytics has them."""
+    metrics = (
+        select(CompetitiveMetric.question_run_id, CompetitiveMetric.company_id, CompetitiveMetric.position)
+        .join(Company, _active_company(org_id))
+        .where(_mentioned())
+        .subquery("metric")
+    )
+    rows = session.execute(
+        select(
+            latest.c.run_id,
+            Question.key,
+            latest.c.provider + "/" + latest.c.requested_model,
+            OrgLocation.country_code,
+            metrics.c.company_id,
+            metrics.c.position,
+        )
+        .select_from(latest)
+        .join(Question, Question.id == latest.c.question_id)
+        .join(OrgLocation, OrgLocation.id == latest.c.location_id)
+        .outerjoin(metrics, metrics.c.question_run_id == latest.c.run_id)
+        .order_by(latest.c.run_id)
+    ).all()
+    facts: dict[int, analytics_lib.RunFacts] = {}
+    for run_id, question, model, location, company_id, position in rows:
+        run = facts.setdefault(run_id, analytics_lib.RunFacts(run_id, model, location, question=question))
+        if company_id is not None:
+            run.positions[company_id] = position
+    runs = list(facts.values())
+    for dimension, groups in breakdowns.items():
+        members: dict[Any, list[analytics_lib.RunFacts]] = defaultdict(list)
+        for run in runs:
+            members[None if dimension is None else getattr(run, dimension)].append(run)
+        for key, company_rows in groups.items():
+            analytics_lib.bootstrap_intervals(companies, members[key], company_rows)
+
+
+def citation_stats(session: Session, latest: Subquery) -> dict[str, Any]:
+    rows = session.execute(
+        select(Citation.domain, func.count(), func.count(func.distinct(Citation.question_run_id)))
+        .join(latest, latest.c.run_id == Citation.question_run_id)
+        .where(Citation.cited)
+        .group_by(Citation.domain)
+    ).all()
+    domains = [{"domain": domain, "citations": citations, "runs": runs} for domain, citations, runs in rows]
+    domains.sort(key=lambda d: (-d["citations"], d["domain"]))
+    return {"total": sum(d["citations"] for d in domains), "domains": domains}
+
+
+def sentiment_stats(
+    session: Session, latest: Subquery, companies: list[analytics_lib.CompanyInfo]
+) -> list[dict[str, Any]]:
+    counts: dict[int | None, dict[str, int]] = defaultdict(
+        lambda: {"positive": 0, "neutral": 0, "negative": 0}
+    )
+    for company_id, sentiment, claims in session.execute(
+        select(Claim.company_id, Claim.sentiment, func.count())
+        .join(latest, latest.c.run_id == Claim.question_run_id)
+        .group_by(Claim.company_id, Claim.sentiment)
+    ):
+        counts[company_id][sentiment] += claims
+    rows = []
+    for company in companies:
+        tally = counts[company.company_id]
+        total = sum(tally.values())
+        ratio = analytics_lib._ratio  # noqa: SLF001
+        rows.append(
+            {
+                "name": company.name,
+                "claims": total,
+                **tally,
+                "net": ratio(tally["positive"] - tally["negative"], total),
+            }
+        )
+    return rows
+
+
+def grader_usage(session: Session, latest: Subquery) -> list[analytics_lib.GraderUsage]:
+    """The models that made the claims of these runs (each claim names its model call), per model:
+    runs, claims, and whether any was synthetic. Runs without claims have no sentiment to attribute."""
+    rows = session.execute(
+        select(
+            ModelCall.provider,
+            ModelCall.requested_model,
+            ModelCall.synthetic,
+            func.count(func.distinct(Claim.question_run_id)),
+            func.count(Claim.id),
+        )
+        .join(ModelCall, ModelCall.id == Claim.model_call_id)
+        .join(latest, latest.c.run_id == Claim.question_run_id)
+        .group_by(ModelCall.provider, ModelCall.requested_model, ModelCall.synthetic)
+    ).all()
+    usage: dict[str, analytics_lib.GraderUsage] = {}
+    for provider, model, synthetic, runs, claims in rows:
+        label = f"{provider}/{model}"
+        seen = usage.get(label)
+        usage[label] = analytics_lib.GraderUsage(
+            label,
+            runs + (seen.runs if seen else 0),
+            claims + (seen.claims if seen else 0),
+            bool(synthetic) or (seen.synthetic if seen else False),
+        )
+    return list(usage.values())
+
+
+def cost_stats(session: Session, cycle_id: int) -> dict[str, Any]:
+    """analytics.cost_stats over the cycle's paid model calls, summed per model in SQL."""
+    blocks: dict[str, dict[str, Any]] = {}
+    for provider, model, calls, input_tokens, output_tokens, usd, unknown in session.execute(
+        select(
+            ModelCall.provider,
+            ModelCall.requested_model,
+            func.count(),
+            func.sum(func.coalesce(ModelCall.input_tokens, 0)),
+            func.sum(func.coalesce(ModelCall.output_tokens, 0)),
+            func.sum(ModelCall.cost_usd),
+            func.sum(case((ModelCall.cost_usd.is_(None), 1), else_=0)),
+        )
+        .join(CycleItem, CycleItem.id == ModelCall.cycle_item_id)
+        .where(CycleItem.cycle_id == cycle_id, ModelCall.paid)
+        .group_by(ModelCall.provider, ModelCall.requested_model)
+    ):
+        block = blocks.setdefault(
+            f"{provider}/{model}",
+            {"calls": 0, "input_tokens": 0, "output_tokens": 0, "usd": 0.0, "calls_with_unknown_cost": 0},
+        )
+        block["calls"] += calls
+        block["input_tokens"] += int(input_tokens or 0)
+        block["output_tokens"] += int(output_tokens or 0)
+        block["usd"] += float(usd or 0.0)
+        block["calls_with_unknown_cost"] += int(unknown or 0)
+    total = {
+        name: sum(block[name] for block in blocks.values())
+        for name in ("calls", "input_tokens", "output_tokens", "calls_with_unknown_cost")
+    }
+    total["usd"] = sum(block["usd"] for block in blocks.values())
+
+    def rounded(block: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "calls": block["calls"],
+            "input_tokens": block["input_tokens"],
+            "output_tokens": block["output_tokens"],
+            "usd": round(block["usd"], 8),
+            "calls_with_unknown_cost": block["calls_with_unknown_cost"],
+        }
+
+    return {"total": rounded(total), "by_model": {m: rounded(blocks[m]) for m in sorted(blocks)}}
+
+
+def org_analytics(
+    session: Session,
+    *,
+    org_id: str,
+    cycle_id: int,
+    generated_at: datetime,
+    run_counts: dict[str, int],
+    companies: list[analytics_lib.CompanyInfo],
+    min_runs: int,
+    previous: dict[str, Any] | None,
+    grader: tuple[str, str] | None,
+) -> dict[str, Any]:
+    """The analytics payload of analytics.compute_analytics, computed in the database."""
+    latest = latest_runs(org_id)
+    cells, company_cells = _cells(session, org_id, latest)
+    latest_count = int(cells["runs"].sum())
+    intervals = "bootstrap" if latest_count <= stats.BOOTSTRAP_MAX_RUNS else "delta"
+    breakdowns: dict[str | None, dict[Any, list[dict[str, Any]]]] = {}
+    for dimension in DIMENSIONS:
+        groups = _group_counts(cells, company_cells, dimension)
+        breakdowns[dimension] = {
+            key: _company_rows(companies, groups[key], min_runs, intervals)
+            for key in sorted(groups, key=_sort_key)
+        }
+    if intervals == "bootstrap":
+        _bootstrap(session, org_id, latest, companies, breakdowns)
+    stability = _stability(cells, company_cells, companies)
+    for question, rows in breakdowns["question"].items():
+        for row in rows:
+            row["stability"] = stability[question][row["company_id"]]
+    overall = breakdowns[None].get(None) or _company_rows(companies, _Counts(0, 0, {}), min_runs, intervals)
+    if not breakdowns[None]:
+        # No latest run: the reference's bootstrap over no runs leaves both intervals undefined.
+        for row in overall:
+            row["share_of_voice_ci"] = row["average_position_ci"] = None
+    previous_rows = {row["name"]: row for row in (previous or {}).get("companies", [])}
+    for row in overall:
+        row["change"] = analytics_lib.change_since(row, previous_rows.get(row["name"]))
+    graders = grader_usage(session, latest)
+    return {
+        "org_id": org_id,
+        "cycle_id": cycle_id,
+        "generated_at": generated_at.isoformat(),
+        "analytics_version": analytics_lib.ANALYTICS_VERSION,
+        "synthetic": bool(cells["synthetic"].max()) if latest_count else False,
+        "runs": run_counts,
+        "latest_runs": latest_count,
+        "companies": overall,
+        "by_model": breakdowns["model"],
+        "by_location": breakdowns["location"],
+        "by_question": breakdowns["question"],
+        "min_runs": min_runs,
+        "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
+        "citations": citation_stats(session, latest),
+        "sentiment": sentiment_stats(session, latest, companies),
+        "cost": cost_stats(session, cycle_id),
+        "grader": None if grader is None else {"provider": grader[0], "model": grader[1]},
+        "graders": [
+            {"model": g.model, "runs": g.runs, "claims": g.claims, "synthetic": g.synthetic}
+            for g in sorted(graders, key=lambda g: g.model)
+        ],
+        "mixed_graders": len(graders) > 1,
+    }
+
+
+def _sort_key(key: Any) -> Any:
+    # Group keys sort as Python sorts the strings (not by the database's collation); None is alone.
+    return "" if key is None else key
