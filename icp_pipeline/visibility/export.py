@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Select, and_, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import (
@@ -42,6 +42,7 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.visibility.cycles import require_org
+from icp_pipeline.visibility.rollup import counted_in_analytics
 
 EXPORT_FORMAT_VERSION = 1
 FORMATS = ("parquet", "csv")
@@ -457,7 +458,7 @@ def _run_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
             qr.status,
             qr.error,
             qr.is_latest,
-            and_(qr.is_latest, Question.active, OrgModel.active, OrgLocation.active).label("in_analytics"),
+            counted_in_analytics().label("in_analytics"),
             qr.input_tokens,
             qr.output_tokens,
             qr.cost_usd,

@@ -44,6 +44,12 @@ DIMENSIONS: tuple[str | None, ...] = (None, "model", "location", "question")
 _COMPANY_SUMS = ["mentioned", "position_sum", "position_squares", "cited", "mentions_with"]
 
 
+def counted_in_analytics() -> ColumnElement[bool]:
+    """Whether a question run (joined to its question, model and location) is one the analytics count:
+    latest, and its question, model and location still active. The export labels its runs with it."""
+    return and_(QuestionRun.is_latest, Question.active, OrgModel.active, OrgLocation.active)
+
+
 def latest_runs(org_id: str) -> Subquery:
     """The runs the analytics count: latest, of an active question, model and location. Integer keys:
     grouping by them is cheap; the labels (question key, provider/model, country) are mapped after."""
@@ -60,13 +66,7 @@ def latest_runs(org_id: str) -> Subquery:
         .join(Question, Question.id == QuestionRun.question_id)
         .join(OrgModel, OrgModel.id == QuestionRun.model_id)
         .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
-        .where(
-            QuestionRun.org_id == org_id,
-            QuestionRun.is_latest,
-            Question.active,
-            OrgModel.active,
-            OrgLocation.active,
-        )
+        .where(QuestionRun.org_id == org_id, counted_in_analytics())
         .subquery("latest")
     )
 
