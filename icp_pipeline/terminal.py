@@ -51,8 +51,3 @@ def shown(value: object, limit: int = 60) -> str:
         text = repr(value)
         return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} digits)"
     return f"a {type(value).__name__}"
-
-
-def inert_lines(text: object) -> str:
-    """Like `inert`, keeping the line breaks and tabs of a paragraph of model text."""
-    return inert(text, keep_newlines=True)

@@ -60,8 +60,7 @@ def cmd_org_load(args: argparse.Namespace) -> int:
     ensure_schema()
     with session_scope() as session:
         changes = upsert_org(session, spec)
-    # Each sample is its own question run: a model asks its own `samples`, else the org's.
-    samples = [m.samples or spec.samples for m in spec.models]
+    samples = [spec.samples_of(m) for m in spec.models]
     if len(set(samples)) > 1:
         asked = f"samples per model {'/'.join(map(str, samples))}, "
     else:

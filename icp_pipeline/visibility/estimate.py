@@ -85,7 +85,7 @@ def estimate(
     return result
 
 
-def _answer_chars(question: str) -> int:
+def answer_chars(question: str) -> int:
     return len(ANSWER_SYSTEM) + len(question) + _LOCATION_HINT_CHARS
 
 
@@ -97,7 +97,7 @@ def new_cycle_calls(session: Session, org_id: str) -> list[PlannedCall]:
     calls = []
     for combination in combinations(session, org_id):
         provider, model = combination.model.provider, combination.model.model
-        calls.append(PlannedCall("answer", provider, model, _answer_chars(combination.question.text)))
+        calls.append(PlannedCall("answer", provider, model, answer_chars(combination.question.text)))
         grader = grader_for(configured, provider, model)
         calls.append(PlannedCall("claims", grader.provider, grader.model))
     return calls
@@ -131,7 +131,7 @@ def open_item_calls(session: Session, cycle_id: int) -> list[PlannedCall]:
     for item in items:
         provider, model = item.model.provider, item.model.model
         if (item.id, "answer") not in paid:
-            calls.append(PlannedCall("answer", provider, model, _answer_chars(item.question.text)))
+            calls.append(PlannedCall("answer", provider, model, answer_chars(item.question.text)))
         grader = grader_for(configured, provider, model)
         if claims_subject(item.id, grader, provider, model) not in paid_subjects:
             calls.append(PlannedCall("claims", grader.provider, grader.model))

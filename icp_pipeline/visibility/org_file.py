@@ -189,6 +189,10 @@ class OrgSpec(_Strict):
             slugs.add(slug)
         return self
 
+    def samples_of(self, model: ModelSpec) -> int:
+        """How many times a cycle asks each question of this model: its own `samples`, else the org's."""
+        return model.samples or self.samples
+
     def question_specs(self) -> list[QuestionSpec]:
         return [q for q in self.questions if isinstance(q, QuestionSpec)]
 
@@ -453,7 +457,7 @@ def org_warnings(spec: OrgSpec) -> list[str]:
 
 def runs_per_cycle(spec: OrgSpec) -> int:
     """Question runs a cycle of this org opens: questions x locations x each model's samples."""
-    samples = sum(model.samples or spec.samples for model in spec.models)
+    samples = sum(map(spec.samples_of, spec.models))
     return len(spec.question_specs()) * len(spec.locations) * samples
 
 
@@ -464,11 +468,11 @@ def cycle_estimate(spec: OrgSpec) -> estimate.PurchaseEstimate:
         grader = spec.grader or model
         calls = []
         for question in spec.question_specs():
-            chars = estimate._answer_chars(question.text)
+            chars = estimate.answer_chars(question.text)
             calls.append(estimate.PlannedCall("answer", model.provider, model.model, chars))
             calls.append(estimate.PlannedCall("claims", grader.provider, grader.model))
         part = estimate.estimate(calls, lambda provider, _model: provider != "offline")
-        times = len(spec.locations) * (model.samples or spec.samples)
+        times = len(spec.locations) * spec.samples_of(model)
         total.answers += part.answers * times
         total.claims += part.claims * times
         total.live_calls += part.live_calls * times

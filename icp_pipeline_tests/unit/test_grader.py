@@ -5,7 +5,7 @@ from datetime import datetime
 import dagster as dg
 
 from icp_pipeline.defs.metadata import company_key, table
-from icp_pipeline.terminal import inert, inert_lines
+from icp_pipeline.terminal import inert
 from icp_pipeline.visibility.analytics import (
     CompanyInfo,
     GraderUsage,
@@ -130,4 +130,6 @@ def test_a_table_keeps_cells_as_data() -> None:
 
 def test_terminal_text_loses_control_characters_and_keeps_paragraphs() -> None:
     assert inert("Acme\x1b]8;;http://x\x07\u202e\nZ") == "AcmeZ"
-    assert inert_lines("first\x1b[2J line\nsecond\r\n\u200bthird") == "first line\nsecond\nthird"
+    assert (
+        inert("first\x1b[2J line\nsecond\r\n\u200bthird", keep_newlines=True) == "first line\nsecond\nthird"
+    )
