@@ -58,6 +58,11 @@ class Org(Base):
     # null means each answer's own model grades it.
     grader_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
     grader_model: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    # The org file's `icp:` block: the site whose segments propose questions, how many per segment,
+    # and whether they are asked at once (auto) or wait for `org questions --approve` (review).
+    icp_site_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    icp_questions_per_segment: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
+    icp_activate: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -119,6 +124,16 @@ class Question(Base):
     text: Mapped[str] = mapped_column(Text)
     position: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # file (the org file) | segment (generated from a segment's ICP).
+    source: Mapped[str] = mapped_column(String(16), default="file", server_default="file")
+    segment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("segments.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    persona_role: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # active (asked) | proposed (awaiting approval) | retired (no longer proposed; history kept).
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    # The ICP build a generated question came from (a digest of its profile).
+    icp_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Cycle(Base):
@@ -315,6 +330,41 @@ class Citation(Base):
     title: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str] = mapped_column(String(16))  # annotation | answer_text
     cited: Mapped[bool] = mapped_column(Boolean, default=True)  # False: retrieved, not cited
+    extractor_version: Mapped[str] = mapped_column(String(32))
+    # owned | competitor | review | ugc | reference | news_blog | other (visibility/citations.py).
+    category: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class SearchQuery(Base):
+    """A web search an engine ran for an answer (search fan-out), read from the stored raw response."""
+
+    __tablename__ = "search_queries"
+    __table_args__ = (UniqueConstraint("question_run_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question_run_id: Mapped[int] = mapped_column(
+        ForeignKey("question_runs.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(32))
+    query: Mapped[str] = mapped_column(Text)
+    extractor_version: Mapped[str] = mapped_column(String(32))
+
+
+class UntrackedMention(Base):
+    """A company an answer names that the org does not track (source: claim | text)."""
+
+    __tablename__ = "untracked_mentions"
+    __table_args__ = (UniqueConstraint("question_run_id", "name_key", "source"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question_run_id: Mapped[int] = mapped_column(
+        ForeignKey("question_runs.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(200))  # normalised: casefolded, legal suffixes dropped
+    source: Mapped[str] = mapped_column(String(16))
+    occurrences: Mapped[int] = mapped_column(Integer)
     extractor_version: Mapped[str] = mapped_column(String(32))
 
 
