@@ -8,7 +8,10 @@ model calls at once under a cap of 3 on SQLite, 4 on PostgreSQL, and 2 claimants
 a stress test (icp_pipeline_tests/integration/test_pool_claims.py). Guarding the update with
 "still free" makes the second claimant update 0 rows and wait, which is what the pool promises.
 
-Both classes override a private Dagster method, so they are tied to the pinned dagster 1.13.27.
+They also answer a blocked claim with a short retry interval, and importing this module makes a
+waiting step sleep instead of spin (pool_wait.py).
+
+Both classes override private Dagster methods, so they are tied to the pinned dagster 1.13.27.
 """
 
 from collections.abc import Mapping
@@ -17,14 +20,23 @@ from typing import Any
 from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import ConfigurableClassData
-from dagster._utils.concurrency import ConcurrencySlotStatus
+from dagster._utils.concurrency import ConcurrencyClaimStatus, ConcurrencySlotStatus
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from sqlalchemy import and_, select
 
+from icp_pipeline.instance.pool_wait import POOL_CLAIM_RETRY_SECONDS
+
 
 class GuardedSlotClaim:
-    """Claims a pool slot only if it is still free when the claim is written."""
+    """Claims a pool slot only if it is still free when the claim is written; a blocked claimant is
+    told to retry after POOL_CLAIM_RETRY_SECONDS."""
+
+    def claim_concurrency_slot(
+        self, concurrency_key: str, run_id: str, step_key: str, priority: int | None = None
+    ) -> ConcurrencyClaimStatus:
+        status = super().claim_concurrency_slot(concurrency_key, run_id, step_key, priority)  # type: ignore[misc]
+        return status if status.is_claimed else status.with_sleep_interval(POOL_CLAIM_RETRY_SECONDS)
 
     def _claim_concurrency_slot(
         self, concurrency_key: str, run_id: str, step_key: str
