@@ -69,9 +69,9 @@ def test_a_waiting_step_sleeps_between_retries_and_starts_once_the_slot_is_free(
     waited = time.monotonic() - started
     assert result.success
     assert waited >= HOLD_SECONDS  # it really waited for the slot
-    # Asleep between retries: about HOLD_SECONDS / POOL_CLAIM_RETRY_SECONDS attempts. A spinning
-    # executor makes tens of thousands in the same time.
-    assert attempts <= 3 * HOLD_SECONDS / POOL_CLAIM_RETRY_SECONDS, attempts
+    # Asleep between retries: about one attempt per POOL_CLAIM_RETRY_SECONDS of waiting (the wait
+    # runs past HOLD_SECONDS on a loaded machine). A spinning executor makes tens of thousands.
+    assert attempts <= 2 * waited / POOL_CLAIM_RETRY_SECONDS + 5, (attempts, waited)
     assert attempts >= 2  # it was blocked at least once, then claimed
 
 
