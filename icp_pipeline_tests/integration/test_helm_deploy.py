@@ -155,6 +155,7 @@ def test_the_values_wire_secrets_and_the_guard_without_literals(values: dict[str
     assert deployment["codeServerArgs"][:2] == ["-m", "icp_pipeline.definitions"]
     (guard,) = deployment["initContainers"]
     assert guard["command"] == ["python", "-m", "icp_pipeline.instance.pool_guard"]
+    assert guard["image"] == f"{deployment['image']['repository']}:{deployment['image']['tag']}"
     password = next(e for e in guard["env"] if e["name"] == "DAGSTER_PG_PASSWORD")
     assert password["valueFrom"]["secretKeyRef"]["name"] == values["global"]["postgresqlSecretName"]
     mounted = {m["name"] for m in guard["volumeMounts"]}
@@ -169,13 +170,14 @@ def _container_context(values: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "k8s": {
             "image_pull_policy": deployment["image"]["pullPolicy"],
-            "env_config_maps": [f"{values['fullnameOverride']}-{deployment['name']}-user-env"],
+            "env_config_maps": [f"dagster-{deployment['name']}-user-env"],
             "env_secrets": [s["name"] for s in deployment["envSecrets"]],
             "volume_mounts": copy.deepcopy(deployment["volumeMounts"]),
             "volumes": copy.deepcopy(deployment["volumes"]),
             "resources": copy.deepcopy(deployment["resources"]),
             "namespace": values["runLauncher"]["config"]["k8sRunLauncher"]["jobNamespace"],
-            "service_account_name": f"{values['fullnameOverride']}-user-deployments",
+            # The subchart's service account; its exact name follows the release (not checked here).
+            "service_account_name": "dagster-user-deployments",
             "env": copy.deepcopy(deployment["env"]),
             "run_k8s_config": {
                 "pod_spec_config": {"init_containers": copy.deepcopy(deployment["initContainers"])}
