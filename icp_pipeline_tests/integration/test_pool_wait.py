@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.execution.plan import instance_concurrency_context
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 
 from icp_pipeline.cli.instance import write_embedded_instance_yaml
@@ -28,20 +29,37 @@ def pooled_job() -> None:
     pooled_step()
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    write_embedded_instance_yaml(tmp_path)  # the CLI's embedded instance: our guarded SQLite event log
-    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+@pytest.fixture(params=["guarded", "stock"])
+def instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """The CLI's embedded instance (our guarded SQLite event log), and Dagster's stock SQLite event
+    log (as on Kubernetes, where the chart configures dagster-postgres's own class)."""
+    if request.param == "guarded":
+        write_embedded_instance_yaml(tmp_path)
+        context = dg.DagsterInstance.from_config(str(tmp_path))
+    else:
+        context = dg.instance_for_test(temp_dir=str(tmp_path))
+    with context as instance:
         instance.event_log_storage.set_concurrency_slots("llm", 1)
         yield instance
 
 
-def test_a_blocked_claim_is_told_to_retry_soon(instance: dg.DagsterInstance) -> None:
+def test_a_blocked_claim_is_told_to_retry_soon(tmp_path: Path) -> None:
+    write_embedded_instance_yaml(tmp_path)
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
     storage = instance.event_log_storage
+    storage.set_concurrency_slots("llm", 1)
     assert storage.claim_concurrency_slot("llm", "holder", "step").is_claimed
     blocked = storage.claim_concurrency_slot("llm", "waiter", "step")
     assert not blocked.is_claimed
     assert blocked.sleep_interval == POOL_CLAIM_RETRY_SECONDS
+    instance.dispose()
+
+
+def test_without_an_interval_from_the_storage_a_claim_retries_after_the_short_one() -> None:
+    import icp_pipeline.definitions  # noqa: F401 - the code location applies the patch
+
+    assert instance_concurrency_context._calculate_timeout_interval(None, 25) == POOL_CLAIM_RETRY_SECONDS  # noqa: SLF001
+    assert instance_concurrency_context._calculate_timeout_interval(0.5, 25) == 0.5  # noqa: SLF001
 
 
 def test_a_waiting_step_sleeps_between_retries_and_starts_once_the_slot_is_free(
