@@ -14,6 +14,7 @@ from icp_pipeline.defs.segments.partitions import segments_partitions, sites_par
 from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.segments import steps
 from icp_pipeline.segments.comparison import COMPARISON_VERSION
+from icp_pipeline.segments.questions import QUESTIONS_VERSION, generate_segment_questions
 from icp_pipeline.segments.report import profile_fields, profile_text
 from icp_pipeline.segments.schemas import ICP_VERSION
 from icp_pipeline.segments.steps import BuildOptions
@@ -203,4 +204,63 @@ SEGMENT_COLUMNS = [
 ]
 
 
-segment_assets = [site_segments, segment_icp, site_icp_summary]
+@_icp_asset(
+    segments_partitions,
+    "Turns the segment's ICP into buyer questions of every org whose `icp:` names the site; bought once per ICP.",
+    deps=[segment_icp],
+    code_version=QUESTIONS_VERSION,
+)
+def segment_questions(
+    context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
+) -> dg.MaterializeResult:
+    with segment_step(context):
+        outcome = generate_segment_questions(
+            app_db.resolved_url,
+            context.partition_key,
+            models.provider_for,
+            claimant=purchase_claimant(context),
+        )
+    orgs = outcome["orgs"]
+    if outcome.get("skipped"):
+        context.log.info(f"no questions generated: {outcome['skipped']}")
+    metadata = {
+        "segment": text(outcome["segment"]),
+        "skipped": outcome.get("skipped"),
+        "model_calls": outcome["model_calls"],
+        "reused_purchases": outcome["reused"],
+        "orgs": len(orgs),
+        "added": sum(o.added for o in orgs),
+        "kept": sum(o.kept + o.revived for o in orgs),
+        "retired": sum(o.retired for o in orgs),
+        "duplicates": sum(o.duplicates for o in orgs),
+        "by_org": table(
+            QUESTION_COLUMNS,
+            [
+                {
+                    "org_id": o.org_id,
+                    "status": o.status,
+                    "added": o.added,
+                    "kept": o.kept + o.revived,
+                    "retired": o.retired,
+                    "duplicates": o.duplicates,
+                    "over_limit": o.over_limit,
+                }
+                for o in orgs
+            ],
+        ),
+    }
+    return dg.MaterializeResult(metadata=known(metadata))
+
+
+QUESTION_COLUMNS = [
+    ("org_id", "string", "An org whose `icp:` names the segment's site"),
+    ("status", "string", "What new questions got: active (auto) or proposed (review)"),
+    ("added", "int", "New questions"),
+    ("kept", "int", "Questions of this segment proposed again"),
+    ("retired", "int", "Questions of this segment no longer proposed (inactive, history kept)"),
+    ("duplicates", "int", "Proposals equal (normalised) to another question of the org"),
+    ("over_limit", "int", "Left proposed: activating them would pass the runs-per-cycle limit"),
+]
+
+
+segment_assets = [site_segments, segment_icp, segment_questions, site_icp_summary]
