@@ -269,6 +269,18 @@ def store_questions(
     return outcome
 
 
+def active_segment_questions(session: Session, org_id: str) -> int:
+    """Active questions of the org generated from segment ICPs (a cycle asks them with the file's)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Question)
+            .where(Question.org_id == org_id, Question.source == "segment", Question.active)
+        )
+        or 0
+    )
+
+
 class QuestionApprovalError(ValueError):
     pass
 
