@@ -225,6 +225,35 @@ def scenario(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     payload = check_by_segment(url, "shopco")
     assert set(payload["by_segment"]) == {str(segment_ids[k]) for k in KEYS}
 
+    # The gap view: per segment the target's mention rate and share of voice next to the fit score,
+    # in `site report` and in the site summary's metadata.
+    capsys.readouterr()
+    assert main(["site", "report", "shop", "--json"]) == 0
+    visibility = json.loads(capsys.readouterr().out)["visibility"]
+    assert {(v["org_id"], v["segment_id"]) for v in visibility} == {
+        ("shopco", "merchants"),
+        ("shopco", "agencies"),
+    }
+    for row in visibility:
+        target = next(
+            r for r in payload["by_segment"][str(segment_ids["shop|" + row["segment_id"]])] if r["is_target"]
+        )
+        assert (row["runs"], row["mention_rate"]) == (target["runs"], target["mention_rate"])
+        assert row["share_of_voice"] == target["share_of_voice"] and isinstance(row["fit_score"], float)
+        assert row["gap"] == round(row["fit_score"] - row["mention_rate"], 6)
+    assert [r["gap"] for r in visibility] == sorted((r["gap"] for r in visibility), reverse=True)
+    assert main(["site", "report", "shop"]) == 0
+    text = capsys.readouterr().out
+    assert "Visibility per segment" in text and "shopco / Independent merchants [merchants]: fit" in text
+    instance.add_dynamic_partitions("sites", ["shop"])
+    summary_config = {"ops": {"site_icp_summary": {"config": {"provider": "offline", "model": "synthetic"}}}}
+    assert execute_one(defs.resolve_job_def("site_summary_job"), "shop", instance, {}, summary_config)[0]
+    event = instance.get_latest_materialization_event(dg.AssetKey("site_icp_summary"))
+    records = event.asset_materialization.metadata["visibility"].records
+    assert {(r.data["segment_id"], r.data["runs"]) for r in records} == {
+        (v["segment_id"], v["runs"]) for v in visibility
+    }
+
     # The agencies segment is renamed and its ICP rebuilt: its questions change (its own words), the
     # old ones are retired, never deleted, and keep their runs.
     old = {q.key for q in by_segment[KEYS[1]]}

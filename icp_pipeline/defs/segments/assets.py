@@ -15,7 +15,7 @@ from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.segments import steps
 from icp_pipeline.segments.comparison import COMPARISON_VERSION
 from icp_pipeline.segments.questions import QUESTIONS_VERSION, generate_segment_questions
-from icp_pipeline.segments.report import profile_fields, profile_text
+from icp_pipeline.segments.report import profile_fields, profile_text, site_visibility
 from icp_pipeline.segments.schemas import ICP_VERSION
 from icp_pipeline.segments.steps import BuildOptions
 
@@ -187,8 +187,22 @@ def site_icp_summary(
         "cost_usd": summary["cost_usd"],
         "synthetic": summary["synthetic"],
         "segments": table(SEGMENT_COLUMNS, summary["segments"]),
+        # The gap view: where the site fits a segment but assistants do not recommend the target.
+        "visibility": table(VISIBILITY_COLUMNS, site_visibility(app_db.resolved_url, context.partition_key)),
     }
     return dg.MaterializeResult(metadata=known(metadata))
+
+
+VISIBILITY_COLUMNS = [
+    ("org_id", "string", "An org whose `icp:` names this site"),
+    ("segment_id", "string", "The segment's key"),
+    ("name", "string", "The segment's name"),
+    ("fit_score", "float", "How well the site serves the segment"),
+    ("runs", "int", "Latest runs of the segment's questions in the org's latest analytics"),
+    ("mention_rate", "float", "Share of those runs that mention the org's target"),
+    ("share_of_voice", "float", "The target's share of the mentions in those runs"),
+    ("gap", "float", "fit_score - mention_rate: fits, but assistants do not recommend it"),
+]
 
 
 # Segment names (model text or the site file's) and errors are cells of data, shown as they are.
