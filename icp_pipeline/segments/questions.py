@@ -187,6 +187,48 @@ def generate_segment_questions(
     return outcome
 
 
+def segments_needing_questions(session: Session) -> list[tuple[str, str]]:
+    """(segment partition key, marker) of each built segment whose questions some linked org lacks: an
+    org linked (or its count changed) after the ICP was built. No question of the org carries the
+    digest of the current ICP for that segment. The marker names that state, so a sensor requests the
+    segment's job once per state (a proposal that was all duplicates stores nothing, and is not asked
+    again)."""
+    linked = session.execute(
+        select(Org.id, Org.icp_site_id, Org.icp_questions_per_segment).where(Org.icp_site_id.is_not(None))
+    ).all()
+    if not linked:
+        return []
+    built = session.execute(
+        select(Segment.id, Segment.site_id, Segment.partition_key, SegmentResult)
+        .join(SegmentResult, SegmentResult.segment_id == Segment.id)
+        .where(Segment.active, SegmentResult.success, Segment.site_id.in_({site for _, site, _ in linked}))
+    ).all()
+    stored = set(
+        session.execute(
+            select(Question.org_id, Question.segment_id, Question.icp_digest)
+            .where(Question.source == "segment", Question.icp_digest.is_not(None))
+            .distinct()
+        ).tuples()
+    )
+    needed = []
+    for segment_id, site_id, partition_key, result in built:
+        missing = sorted(
+            digest
+            for org_id, site, count in linked
+            if site == site_id
+            and (
+                org_id,
+                segment_id,
+                digest := profile_digest(result.profile or {}, count, result.provider, result.model),
+            )
+            not in stored
+        )
+        if missing:
+            marker = hashlib.sha256("|".join(missing).encode()).hexdigest()[:16]
+            needed.append((partition_key, marker))
+    return sorted(needed)
+
+
 def _runs_per_question(session: Session, org_id: str) -> int:
     """Question runs one more active question adds to a cycle: its models' samples x locations."""
     org = session.get(Org, org_id)

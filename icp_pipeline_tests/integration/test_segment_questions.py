@@ -283,6 +283,8 @@ def scenario(url: str, capsys: pytest.CaptureFixture[str]) -> None:
         result = partition_sync_sensor(context)
     requested = {r.partition_key for r in result.run_requests if r.job_name == "question_run_job"}
     assert requested == {f"shopco|{q.key}|offline-synthetic|US" for q in new}
+    # Every built segment's questions are current: no segment job is requested.
+    assert not [r for r in result.run_requests if r.job_name == "segment_icp_job"]
     with session_scope(url) as session:
         cycle = latest_cycle(session, "shopco")
         assert cycle.total == 2 + len(rows) + PER_SEGMENT and cycle.status == "running"
@@ -294,9 +296,22 @@ def scenario(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     # its questions wait, unasked, until approved.
     calls = count(url, ModelCall)
     load_org(url, org_data("reviewco", activate="review"))
+
+    def segment_requests() -> list[dg.RunRequest]:
+        with dg.instance_for_test() as sensor_instance:
+            context = dg.build_sensor_context(
+                instance=sensor_instance, definitions=defs, resources={"app_db": AppDatabase(url=url)}
+            )
+            return [r for r in partition_sync_sensor(context).run_requests if r.job_name == "segment_icp_job"]
+
+    # The segments were built before this org named the site: the sensor requests their jobs once.
+    requested = segment_requests()
+    assert sorted(r.partition_key for r in requested) == sorted(KEYS)
+    assert all(r.run_key.startswith(f"questions-{r.partition_key}-") for r in requested)
     for key in KEYS:
         build_segment(defs, key)
     assert count(url, ModelCall) == calls
+    assert segment_requests() == []
     proposed_rows = segment_rows(url, "reviewco")
     assert len(proposed_rows) == 2 * PER_SEGMENT
     assert all(q.status == "proposed" and not q.active for q in proposed_rows)
