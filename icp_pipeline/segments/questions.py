@@ -212,19 +212,13 @@ def segments_needing_questions(session: Session) -> list[tuple[str, str]]:
     )
     needed = []
     for segment_id, site_id, partition_key, result in built:
-        missing = sorted(
-            digest
-            for org_id, site, count in linked
-            if site == site_id
-            and (
-                org_id,
-                segment_id,
-                digest := profile_digest(result.profile or {}, count, result.provider, result.model),
-            )
-            not in stored
-        )
+        missing = []
+        for org_id, site, count in linked:
+            digest = profile_digest(result.profile or {}, count, result.provider, result.model)
+            if site == site_id and (org_id, segment_id, digest) not in stored:
+                missing.append(f"{org_id}:{digest}")
         if missing:
-            marker = hashlib.sha256("|".join(missing).encode()).hexdigest()[:16]
+            marker = hashlib.sha256("|".join(sorted(missing)).encode()).hexdigest()[:16]
             needed.append((partition_key, marker))
     return sorted(needed)
 
