@@ -126,3 +126,14 @@ def test_a_bad_icp_field_is_named(icp: object, field: str) -> None:
     with pytest.raises(OrgFileError) as raised:
         parse_org_text(yaml.safe_dump({**ORG, "icp": icp}), "org.yaml")
     assert f"{field}:" in str(raised.value)
+
+
+def test_org_load_refuses_a_bad_icp_block_naming_the_field(tmp_path, capsys) -> None:
+    from icp_pipeline.cli.main import main
+
+    path = tmp_path / "org.yaml"
+    path.write_text(yaml.safe_dump({**ORG, "icp": {"site": "shop", "activate": "\x1b[2Jyes"}}))
+    assert main(["org", "load", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "icp.activate: Input should be 'auto' or 'review'" in err
+    assert "\x1b" not in err and "Traceback" not in err
