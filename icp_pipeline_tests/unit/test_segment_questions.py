@@ -1,6 +1,7 @@
 """Questions from segment ICPs: normalisation, the prompt's fence, the offline generator, the `icp:` block."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -128,7 +129,9 @@ def test_a_bad_icp_field_is_named(icp: object, field: str) -> None:
     assert f"{field}:" in str(raised.value)
 
 
-def test_org_load_refuses_a_bad_icp_block_naming_the_field(tmp_path, capsys) -> None:
+def test_org_load_refuses_a_bad_icp_block_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from icp_pipeline.cli.main import main
 
     path = tmp_path / "org.yaml"
