@@ -113,19 +113,19 @@ class OrgOutcome:
 
 
 @dataclass(frozen=True)
-class _Target:
+class LinkedOrg:
     org_id: str
     count: int
     activate: str
 
 
-def linked_orgs(session: Session, site_id: str) -> list[_Target]:
+def linked_orgs(session: Session, site_id: str) -> list[LinkedOrg]:
     rows = session.execute(
         select(Org.id, Org.icp_questions_per_segment, Org.icp_activate)
         .where(Org.icp_site_id == site_id)
         .order_by(Org.id)
     ).all()
-    return [_Target(org_id, count, activate) for org_id, count, activate in rows]
+    return [LinkedOrg(org_id, count, activate) for org_id, count, activate in rows]
 
 
 def generate_segment_questions(
@@ -235,7 +235,7 @@ def _runs_per_question(session: Session, org_id: str) -> int:
 
 def store_questions(
     session: Session,
-    target: _Target,
+    target: LinkedOrg,
     segment_id: int,
     proposal: SegmentQuestions,
     digest: str,

@@ -356,3 +356,38 @@ def test_questions_from_the_icps_on_postgres(
     url = postgres_databases()
     monkeypatch.setenv("ICP_DATABASE_URL", url)
     scenario(url, capsys)
+
+
+def test_store_questions_dedups_across_segments_retires_and_revives(tmp_path: Path) -> None:
+    """The storing rules on their own: another segment's question is a duplicate; a question no longer
+    proposed is retired and comes back when proposed again; storing the same proposal twice changes
+    nothing."""
+    from icp_pipeline.segments.questions import LinkedOrg, store_questions
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    load_site(url, SITE)
+    load_org(url, org_data())
+    with session_scope(url) as session:
+        ids = [session.scalars(sa.select(Segment.id).where(Segment.partition_key == k)).one() for k in KEYS]
+
+    def store(segment: int, texts: list[str]) -> Any:
+        proposal = SegmentQuestions(questions=[{"text": t, "persona_role": "CTO"} for t in texts])
+        with session_scope(url) as session:
+            return store_questions(session, LinkedOrg("shopco", 3, "auto"), segment, proposal, "d" * 64, 3)
+
+    first = store(ids[0], ["Which BI tool for shops?", "How to track SKU velocity?"])
+    assert (first.added, first.duplicates) == (2, 0)
+    other = store(ids[1], ["which bi tool, for shops", "Who sells analytics to agencies?"])
+    assert (other.added, other.duplicates) == (1, 1)
+    assert store(ids[1], ["which bi tool, for shops", "Who sells analytics to agencies?"]).added == 0
+    changed = store(ids[0], ["Which BI tool for shops?", "What dashboards do shop owners use?"])
+    assert (changed.kept, changed.added, changed.retired) == (1, 1, 1)
+    back = store(ids[0], ["How to track SKU velocity?"])
+    assert (back.revived, back.retired) == (1, 2)
+    statuses = {(q.text, q.status, q.active) for q in segment_rows(url) if q.segment_id == ids[0]}
+    assert statuses == {
+        ("Which BI tool for shops?", "retired", False),
+        ("How to track SKU velocity?", "active", True),
+        ("What dashboards do shop owners use?", "retired", False),
+    }
