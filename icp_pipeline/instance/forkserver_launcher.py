@@ -60,6 +60,13 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_
 WORKER_TAG = "icp/worker"
 RUN_WORKER = f"{__name__}:run_worker"
 
+# Native libraries the code location imports start threads at load: OpenBLAS (numpy, via pandas) its
+# thread pool, pyarrow (via pandas) a jemalloc background purging thread. The fork server must have no
+# thread when it forks, so it starts with these off unless the environment sets them. Its workers
+# inherit them: single-threaded BLAS suits 3 concurrent runs on 2 cores, and jemalloc is not even
+# pyarrow's default pool (mimalloc is).
+SERVER_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
+
 # Always preloaded: the run-worker code path and this module (the workers' entry point).
 BASE_PRELOAD = ("dagster._cli.api", "dagster._cli.utils", __name__)
 
@@ -222,6 +229,7 @@ class ForkServer:
                 ],
                 pass_fds=(request_r, reply_w),
                 stdin=subprocess.DEVNULL,
+                env={**SERVER_ENV_DEFAULTS, **os.environ},
             )
         finally:
             os.close(request_r)
