@@ -50,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
+from dagster import Field
 from dagster import _check as check
 from dagster._config.config_schema import UserConfigSchema
 from dagster._core.errors import DagsterLaunchFailedError
@@ -113,11 +114,12 @@ def worker_alive(identity: Mapping[str, Any]) -> bool:
 # ------------------------------------------------------------------ the worker
 
 
-def run_worker(run_id: str, serialized_instance_ref: str) -> None:
+def run_worker(run_id: str, serialized_instance_ref: str, watch_for_cancel: bool = True) -> None:
     """Runs in a child of the fork server; does what `dagster api execute_run` does
     (`execute_run_command` in dagster/_cli/api.py, 1.13.27)."""
     from dagster._cli.api import _execute_run_command_body
     from dagster._cli.utils import get_instance_for_cli
+    from dagster._core.execution.run_cancellation_thread import start_run_cancellation_thread
     from dagster._core.instance.ref import InstanceRef
     from dagster._serdes import deserialize_value
     from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
@@ -126,7 +128,20 @@ def run_worker(run_id: str, serialized_instance_ref: str) -> None:
     with capture_interrupts():
         instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
         with get_instance_for_cli(instance_ref=instance_ref) as instance:
-            _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+            # A terminate from another host (the webserver in its own container) cannot signal this
+            # process: Dagster's cancellation thread (the one `dagster api execute_run` starts on
+            # Dagster+) polls the run's status and interrupts the run when it is CANCELING.
+            watcher = None
+            if watch_for_cancel and not instance.should_start_background_run_thread:
+                watcher = start_run_cancellation_thread(instance, run_id)
+            try:
+                _execute_run_command_body(
+                    run_id, instance, lambda _event: None, set_exit_code_on_failure=False
+                )
+            finally:
+                if watcher is not None:
+                    watcher[1].set()
+                    watcher[0].join()
 
 
 # ------------------------------------------------------------------ the fork server process
@@ -285,11 +300,20 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
     """Launches each run in a process forked from a fork server that preloaded the code.
 
     Config: `preload_modules`, modules the fork server imports once (e.g. `dagster_postgres` and the
-    code location's module). They must not connect, start threads or create clients at import.
+    code location's module); they must not connect, start threads or create clients at import.
+    `watch_for_cancel` (default true): each worker polls its run's status (every
+    `run_monitoring.cancellation_thread_poll_interval_seconds`, 10 s) so a terminate issued where
+    its pid cannot be signalled (another host or container) still stops it.
     """
 
-    def __init__(self, preload_modules: Sequence[str] = (), inst_data: ConfigurableClassData | None = None):
+    def __init__(
+        self,
+        preload_modules: Sequence[str] = (),
+        watch_for_cancel: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+    ):
         self._inst_data = inst_data
+        self._watch_for_cancel = watch_for_cancel
         self._preload = tuple(dict.fromkeys([*BASE_PRELOAD, *preload_modules]))
         # Created on the first launch only: the webserver and CLI load this launcher with the instance
         # but never launch, so they never start a fork server.
@@ -303,11 +327,18 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> UserConfigSchema:
-        return {"preload_modules": [str]}
+        return {
+            "preload_modules": Field([str], is_required=False, default_value=[]),
+            "watch_for_cancel": Field(bool, is_required=False, default_value=True),
+        }
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> Self:
-        return cls(preload_modules=config_value.get("preload_modules", ()), inst_data=inst_data)
+        return cls(
+            preload_modules=config_value.get("preload_modules", ()),
+            watch_for_cancel=config_value.get("watch_for_cancel", True),
+            inst_data=inst_data,
+        )
 
     @property
     def preload_modules(self) -> tuple[str, ...]:
@@ -321,7 +352,8 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         run = context.dagster_run
         check.inst_param(run, "run", DagsterRun)
         check.invariant(run.job_code_origin is not None, f"Run {run.run_id} has no job_code_origin.")
-        pid = self._server.fork(RUN_WORKER, (run.run_id, serialize_value(self._instance.get_ref())))
+        ref = serialize_value(self._instance.get_ref())
+        pid = self._server.fork(RUN_WORKER, (run.run_id, ref, self._watch_for_cancel))
         self._run_ids.add(run.run_id)
         self._instance.add_run_tags(run.run_id, {WORKER_TAG: json.dumps(worker_identity(pid))})
 
@@ -359,6 +391,11 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
             return False
         self._instance.report_run_canceling(run)
         health = self.check_run_worker_health(run)
+        if health.status == WorkerStatus.UNKNOWN and self._watch_for_cancel:
+            self._instance.report_engine_event(
+                f"The run worker stops at its next cancellation poll ({health.msg}).", run, cls=self.__class__
+            )
+            return True
         if health.status != WorkerStatus.RUNNING:
             # Run monitoring marks it canceled after its cancel timeout.
             self._instance.report_engine_event(

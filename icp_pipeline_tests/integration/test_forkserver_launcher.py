@@ -56,7 +56,12 @@ def launcher_config(preload: list[str]) -> dict:
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(overrides={"run_launcher": launcher_config(PRELOAD)}) as instance:
+    overrides = {
+        "run_launcher": launcher_config(PRELOAD),
+        # How often a worker polls for a termination it cannot receive as a signal (default 10 s).
+        "run_monitoring": {"enabled": True, "cancellation_thread_poll_interval_seconds": 1},
+    }
+    with dg.instance_for_test(overrides=overrides) as instance:
         try:
             yield instance
         finally:
@@ -205,6 +210,25 @@ def test_terminate_sends_sigterm_and_the_run_ends_canceled(instance: dg.DagsterI
     assert status_of(instance, run_id) == DagsterRunStatus.CANCELED
     wait_reaped(pid)
     assert instance.run_launcher.terminate(run_id) is False  # already finished
+
+
+def test_a_terminate_from_another_host_stops_the_worker_through_its_cancellation_poll(
+    instance: dg.DagsterInstance,
+) -> None:
+    run_id = create_run(instance, launcher_jobs.sleepy_job)
+    instance.launch_run(run_id, None)  # type: ignore[arg-type]
+    wait_for_status(instance, run_id, DagsterRunStatus.STARTED)
+    wait_until(lambda: running_step(instance, run_id), timeout=60, interval=0.1, what="the step to start")
+    worker = worker_of(instance, run_id)
+    # As the webserver in its own container sees it: a pid of another host, which it must not signal.
+    instance.add_run_tags(run_id, {WORKER_TAG: json.dumps({**worker, "host": "webserver-container"})})
+
+    assert instance.run_launcher.terminate(run_id) is True
+    wait_for_status(
+        instance, run_id, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS
+    )
+    assert status_of(instance, run_id) == DagsterRunStatus.CANCELED
+    wait_reaped(worker["pid"])
 
 
 def test_forked_workers_inherit_no_connection_client_or_thread(
