@@ -261,6 +261,33 @@ def test_forked_workers_inherit_no_connection_client_or_thread(
     assert not [link for fd in fds.iterdir() if (link := os.readlink(fd)).startswith("socket:")]
 
 
+def test_three_runs_launched_back_to_back_succeed_on_postgresql_storage(postgres_databases) -> None:
+    """The production storages (dagster-postgres, the guarded event log): each worker opens its own
+    connections; three run at once, as the pool `llm` allows."""
+    url = postgres_databases().replace("+psycopg2", "")
+    storages = {
+        kind: {"module": module, "class": cls, "config": {"postgres_url": url}}
+        for kind, module, cls in (
+            ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+            ("event_log_storage", "icp_pipeline.instance.guarded_storage", "GuardedPostgresEventLogStorage"),
+            ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+        )
+    }
+    with dg.instance_for_test(overrides={**storages, "run_launcher": launcher_config(PRELOAD)}) as instance:
+        try:
+            run_ids = [create_run(instance, launcher_jobs.quick_job) for _ in range(3)]
+            for run_id in run_ids:
+                instance.launch_run(run_id, None)  # type: ignore[arg-type]
+            for run_id in run_ids:
+                wait_for_status(instance, run_id, DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)
+            assert [status_of(instance, run_id) for run_id in run_ids] == [DagsterRunStatus.SUCCESS] * 3
+            pids = [worker_of(instance, run_id)["pid"] for run_id in run_ids]
+            assert [started_process_pid(instance, run_id) for run_id in run_ids] == pids
+            assert len(set(pids)) == 3
+        finally:
+            kill_workers(instance)
+
+
 def test_a_preload_that_fails_to_import_fails_the_launch() -> None:
     config = launcher_config(["icp_pipeline_tests.support.no_such_module"])
     with dg.instance_for_test(overrides={"run_launcher": config}) as instance:
