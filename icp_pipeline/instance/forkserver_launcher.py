@@ -131,6 +131,9 @@ def run_worker(run_id: str, serialized_instance_ref: str, watch_for_cancel: bool
             # A terminate from another host (the webserver in its own container) cannot signal this
             # process: Dagster's cancellation thread (the one `dagster api execute_run` starts on
             # Dagster+) polls the run's status and interrupts the run when it is CANCELING.
+            # Recorded by the worker too, before its run can be STARTED: run monitoring then always
+            # finds it, however late the launcher's own write (after the fork) lands.
+            instance.add_run_tags(run_id, {WORKER_TAG: json.dumps(worker_identity(os.getpid()))})
             watcher = None
             if watch_for_cancel and not instance.should_start_background_run_thread:
                 watcher = start_run_cancellation_thread(instance, run_id)
@@ -209,7 +212,10 @@ def serve(request_fd: int, reply_fd: int, preload_json: str) -> None:
         pid = os.fork()
         if pid == 0:
             _child(request, (request_fd, reply_fd))
-        replies.write(f"{pid}\n".encode())
+        try:
+            replies.write(f"{pid}\n".encode())
+        except BrokenPipeError:  # the launcher's process ended
+            return
 
 
 def _read_line(stream: BinaryIO) -> bytes:
@@ -255,6 +261,8 @@ class ForkServer:
         if not ready.startswith("ready "):
             code = self._process.wait(30)
             self._process = None
+            self._requests.close()
+            self._replies.close()
             raise DagsterLaunchFailedError(
                 f"The run fork server exited with code {code} while importing {self._modules} "
                 "(its traceback is in the daemon's log)."
@@ -403,7 +411,10 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
             )
             return False
         # The worker turns SIGTERM into an interrupt: the run ends CANCELED, as with Dagster's launchers.
-        os.kill(int(json.loads(run.tags[WORKER_TAG])["pid"]), signal.SIGTERM)
+        try:
+            os.kill(int(json.loads(run.tags[WORKER_TAG])["pid"]), signal.SIGTERM)
+        except ProcessLookupError:  # it ended since the check
+            return False
         return True
 
     def join(self, timeout: int = 30) -> None:
