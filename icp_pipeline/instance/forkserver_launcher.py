@@ -9,8 +9,9 @@ that is 1.2 s per run (2.4-5.9 s under load) on the critical path of every quest
 How: on the first launch this process starts a fork server: a fresh interpreter (`python -c`, started
 with fork+exec by `subprocess`, so the multi-threaded daemon itself is never forked) that imports the
 configured modules (Dagster's run-worker code, the storage plugin, the code location) and then forks
-one child per run on request. It opens no database connection, creates no provider client and starts
-no thread, so no client, connection or pacing state can survive into a worker (the project's fork rule;
+one child per run on request. It opens no database connection, creates no provider client and has
+no thread (the native threads OpenBLAS and pyarrow start at import are switched off in it, see
+SERVER_ENV_DEFAULTS), so no client, connection or pacing state can survive into a worker (the project's fork rule;
 tested in icp_pipeline_tests/integration/test_forkserver_launcher.py). A module that fails to import
 stops the fork server with its traceback and fails the launch, rather than being skipped. Each child
 runs exactly what `dagster api execute_run` runs (the run worker of Dagster's Docker and Kubernetes
@@ -22,18 +23,21 @@ re-ran an unguarded script's launch, and a preload that fails to import is silen
 
 Worker identity (host, boot id, pid, process start time) is recorded in the run tag `icp/worker`, so
 run monitoring can tell a live worker from one killed with SIGKILL (`check_run_worker_health`) without
-misreading a reused pid or another machine's pid, and `terminate` can signal it from any thread.
+misreading a reused pid or another machine's pid, and `terminate` can signal it from any process on
+this host (elsewhere, the worker's cancellation poll stops it).
 The fork server reaps its children; the daemon never waits on them.
 
 Limits: the fork server keeps the code it imported at its start, so a code change needs a daemon
 restart (a code-location reload in the UI does not reach it). The workers run on the daemon's host.
 
 Private Dagster APIs used, pinned by dagster==1.13.27 (the project's pin) and exercised by the test
-module above: `dagster._cli.api._execute_run_command_body` (the body of `dagster api execute_run`:
-there is no public function that executes a run by id in the current process),
-`dagster._cli.utils.get_instance_for_cli` (opens the instance from a ref and loads a local .env as the
-CLI does), `dagster._utils.interrupts` (SIGTERM -> interrupt as in the CLI), and `WorkerStatus` /
-`CheckRunHealthResult` from `dagster._core.launcher.base` (the types `check_run_worker_health` returns).
+module above (each test launches real runs through them): `dagster._cli.api._execute_run_command_body`
+(the body of `dagster api execute_run`: there is no public function that executes a run by id in the
+current process), `dagster._cli.utils.get_instance_for_cli` (opens the instance from a ref and loads a
+local .env as the CLI does), `dagster._utils.interrupts` (SIGTERM -> interrupt, as in the CLI),
+`dagster._core.execution.run_cancellation_thread.start_run_cancellation_thread` (cancellation by
+polling, see `watch_for_cancel`), and `WorkerStatus` / `CheckRunHealthResult` from
+`dagster._core.launcher.base` (the types `check_run_worker_health` must return).
 """
 
 import importlib
@@ -128,12 +132,12 @@ def run_worker(run_id: str, serialized_instance_ref: str, watch_for_cancel: bool
     with capture_interrupts():
         instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
         with get_instance_for_cli(instance_ref=instance_ref) as instance:
-            # A terminate from another host (the webserver in its own container) cannot signal this
-            # process: Dagster's cancellation thread (the one `dagster api execute_run` starts on
-            # Dagster+) polls the run's status and interrupts the run when it is CANCELING.
             # Recorded by the worker too, before its run can be STARTED: run monitoring then always
             # finds it, however late the launcher's own write (after the fork) lands.
             instance.add_run_tags(run_id, {WORKER_TAG: json.dumps(worker_identity(os.getpid()))})
+            # A terminate from another host (the webserver in its own container) cannot signal this
+            # process: Dagster's cancellation thread (the one `dagster api execute_run` starts on
+            # Dagster+) polls the run's status and interrupts the run when it is CANCELING.
             watcher = None
             if watch_for_cancel and not instance.should_start_background_run_thread:
                 watcher = start_run_cancellation_thread(instance, run_id)
