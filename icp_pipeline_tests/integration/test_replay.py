@@ -34,7 +34,7 @@ from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline_tests.conftest import example_org_data, write_instance_yaml
 from icp_pipeline_tests.support.pipeline import count, pipeline_defs
 
-# 2 questions x 3 models x 2 locations, one sample: 12 question runs; two models search the web.
+# 2 questions x 3 models x 1 location, one sample: 6 question runs; two models search the web.
 MODELS = [
     {"provider": "openai", "model": "gpt-4o-mini", "web_search": True},
     {"provider": "anthropic", "model": "claude-haiku-4-5"},
@@ -49,11 +49,11 @@ def _cycle(url: str, icp_env: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
     write_instance_yaml(icp_env / "dagster_home")
     upgrade(url)
     spec = example_org_data()
-    spec.update(models=MODELS, locations=["US", "DE"], questions=spec["questions"][:2])
+    spec.update(models=MODELS, locations=["US"], questions=spec["questions"][:2])
     with session_scope(url) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(spec)))
     outcome = run_cycle("acme", workers=3, progress=False, defs=pipeline_defs(url))
-    assert (outcome.status, outcome.completed, outcome.failed) == ("succeeded", 12, 0)
+    assert (outcome.status, outcome.completed, outcome.failed) == ("succeeded", 6, 0)
     return outcome.payload
 
 
@@ -116,7 +116,7 @@ def _check_payload(url: str, payload: dict[str, Any]) -> None:
     section = payload["search_queries"]
     assert _comparable(section) == _independent(url)
     # The demo's fan-out is there: both web-search models searched, the other did not.
-    assert section["runs"] == 12 and section["runs_with_searches"] == 8
+    assert section["runs"] == 6 and section["runs_with_searches"] == 4
     assert section["by_model"]["anthropic/claude-haiku-4-5"]["runs_with_searches"] == 0
     assert section["top"][0]["runs"] >= 2  # one question's query, issued by both models
     # The reference computation from per-run facts gives the same section.
@@ -162,7 +162,7 @@ def _rematerialize_history(url: str) -> None:
     resources = {"app_db": AppDatabase(url=url), "models": ModelProviderResource(), "push": PushResource()}
     with session_scope(url) as session:
         keys = sorted(set(session.scalars(sa.select(CycleItem.partition_key))))
-    assert len(keys) == 12 and set(keys) <= set(instance.get_dynamic_partitions("question_runs"))
+    assert len(keys) == 6 and set(keys) <= set(instance.get_dynamic_partitions("question_runs"))
     for key in keys:
         result = dg.materialize(
             va.question_run_assets,
@@ -191,7 +191,7 @@ def test_a_changed_extractor_recomputes_the_history_with_no_model_call(
     _check_payload(url, payload)
     ledger_before = _ledger(url)
     rows_before = {table: count(url, table) for table in ROW_TABLES}
-    assert all(rows_before.values()) and rows_before[SearchQuery] > 8  # some runs searched twice or more
+    assert all(rows_before.values()) and rows_before[SearchQuery] > 4  # some runs searched twice or more
     with session_scope(url) as session:
         first_queries = {
             run_id: query
@@ -218,8 +218,8 @@ def test_a_changed_extractor_recomputes_the_history_with_no_model_call(
         kept = dict(session.execute(sa.select(SearchQuery.question_run_id, SearchQuery.query)).all())
         payload = steps.latest_snapshot(session, "acme").payload
     assert kept == first_queries  # recomputed under the new rule: each run's first search only
-    assert payload["search_queries"]["queries"] == payload["search_queries"]["runs_with_searches"] == 8
-    assert {table: count(url, table) for table in ROW_TABLES} == {**rows_before, SearchQuery: 8}
+    assert payload["search_queries"]["queries"] == payload["search_queries"]["runs_with_searches"] == 4
+    assert {table: count(url, table) for table in ROW_TABLES} == {**rows_before, SearchQuery: 4}
     assert _ledger(url) == ledger_before  # no call, paid or not; the spend is what it was
 
     # Twice: the same rows, none added.
