@@ -15,11 +15,11 @@ from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.defs.resources import ModelProviderResource
 from icp_pipeline.ledger import cycle_spend_usd
 from icp_pipeline.providers.resilience import PACER
-from icp_pipeline.visibility import steps
+from icp_pipeline.visibility import rollup, search_fanout, steps
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline.visibility.search_fanout import extract_run_search_queries
-from icp_pipeline.visibility.search_queries import MAX_QUERY_CHARS, extract_queries
+from icp_pipeline.visibility.search_queries import MAX_QUERY_CHARS, extract_queries, search_query_stats
 from icp_pipeline_tests.conftest import example_org_data
 from icp_pipeline_tests.support.fake_providers import PROVIDER_CASES, FakeProviderServer, pause_turn
 
@@ -150,6 +150,8 @@ def test_hostile_queries_are_stored_as_bounded_text_on_postgres_and_replaced_not
         "<script>alert(1)</script> **bold** [x](https://evil.example)",
         "x" * 100_000,
         "\u202eacme\u200b",
+        "Émile analytics",
+        "zeta analytics",
     ] + [f"filler {i}" for i in range(200)]
     with session_scope(url) as session:
         call = session.scalars(sa.select(ModelCall).where(ModelCall.ok)).one()
@@ -170,6 +172,7 @@ def test_hostile_queries_are_stored_as_bounded_text_on_postgres_and_replaced_not
     assert first == again and server.request_count == calls_before
     stored = [q for _, _, q, _ in _stored(url)]
     assert len(stored) == 50 and first["dropped"] == len(hostile) - 50
+    assert "émile analytics" in stored and "zeta analytics" in stored
     assert stored[:5] == [
         "acme pricing",
         "acme reviews",
@@ -181,3 +184,18 @@ def test_hostile_queries_are_stored_as_bounded_text_on_postgres_and_replaced_not
         assert session.scalar(sa.select(sa.func.count()).select_from(SearchQuery)) == 50
         assert session.scalar(sa.select(sa.func.count()).select_from(CycleItem)) == 1
         assert cycle_spend_usd(session, session.scalar(sa.select(CycleItem.cycle_id))) > 0
+
+        # The payload section on these rows: every query ties (one run, issued once), so the top 20 is
+        # the code-point order of Python's reference, whatever the database's collation.
+        run = session.scalars(sa.select(QuestionRun)).one()
+        run.status, run.is_latest = "completed", True
+        session.flush()
+        section = search_fanout.search_query_stats(session, rollup.latest_runs("acme"))
+    label = "openai/gpt-4o-mini"
+    assert section == search_query_stats([(run.id, label, stored)])
+    assert [t["query"] for t in section["top"]][:3] == [
+        "<script>alert(1)</script> **bold** [x](https://evil.example)",
+        "acme",
+        "acme pricing",
+    ]
+    assert "émile analytics" not in [t["query"] for t in section["top"]]  # after every ASCII query
