@@ -39,6 +39,7 @@ class RunFacts:
     question: str = ""  # the question's key
     sample_index: int = 0
     search_queries: list[str] = field(default_factory=list)  # normalised, in the order issued
+    segment: str | None = None  # the id (as a string) of the segment whose ICP proposed the question
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,14 @@ def question_stats(
     return by_question
 
 
+def segment_stats(
+    companies: list[CompanyInfo], runs: list[RunFacts], min_runs: int = DEFAULT_MIN_RUNS
+) -> dict[str, list[dict[str, Any]]]:
+    """`by_segment`: the company rows per segment over the runs of its questions (file questions'
+    runs have no segment and are left out)."""
+    return _grouped(companies, [r for r in runs if r.segment is not None], "segment", min_runs)
+
+
 def change_since(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
     """The change of one overall company row since the same company's row of the previous cycle:
     deltas (current minus previous) and the two-sided Fisher exact test on mentioned / not mentioned
@@ -275,6 +284,7 @@ def compute_analytics(
         "by_model": _grouped(companies, runs, "model", min_runs),
         "by_location": _grouped(companies, runs, "location", min_runs),
         "by_question": question_stats(companies, runs, min_runs),
+        "by_segment": segment_stats(companies, runs, min_runs),
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(runs),
