@@ -57,13 +57,16 @@ class OfflineProvider:
                 retryable=False,
             )
         structured = _STRUCTURED.get(request.purpose) if request.output_schema is not None else None
+        raw = {"synthetic": True, "provider": "offline"}
         if structured is not None:
             text, citations = structured(request), []
         else:
             text, citations = _synthetic_answer(request)
+            if request.web_search:
+                raw.update(_synthetic_searches(request))
         return ModelResponse(
             text=text,
-            raw={"synthetic": True, "provider": "offline", "output_text": text},
+            raw={**raw, "output_text": text},
             provider=request.provider,
             requested_model=request.model,
             response_model=f"offline-synthetic/{request.model}",
@@ -113,6 +116,56 @@ def _synthetic_answer(request: ModelRequest) -> tuple[str, list[SourceCitation]]
     if not chosen:
         lines.append("It depends on your stack; compare a few tools on a trial first.")
     return "\n".join(lines), citations
+
+
+_QUESTION_OPENING = re.compile(
+    r"^(what|which|who|how)\s+(is|are|do|does|can|should)?\s*(the\s+)?(some\s+)?", re.IGNORECASE
+)
+
+
+def _synthetic_searches(request: ModelRequest) -> dict:
+    """The web searches of a web-search answer, in the raw shape of the request's provider (what
+    search_queries reads), so the fan-out shows offline. Their own random stream: the answer is the
+    same with or without them. Related questions share their first query across models."""
+    question = request.prompt.split("\n", 1)[0].strip().rstrip("?").strip()
+    core = _QUESTION_OPENING.sub("", question) or question
+    rng = _rng(
+        "searches",
+        request.provider,
+        request.model,
+        request.country,
+        request.prompt,
+        request.offline_hints.get("sample", 0),
+    )
+    more = [f"{core} reviews", f"{core} pricing comparison", f"{core} alternatives"]
+    if request.country:
+        more.append(f"{core} {request.country}")
+    queries = [core, *rng.sample(more, rng.randint(0, 2))]
+    if request.provider == "anthropic":
+        return {
+            "content": [
+                {
+                    "type": "server_tool_use",
+                    "id": f"srvtoolu_offline_{i}",
+                    "name": "web_search",
+                    "input": {"query": query},
+                }
+                for i, query in enumerate(queries)
+            ]
+        }
+    if request.provider == "gemini":  # as the adapter stores it (parsed, snake_case)
+        return {"candidates": [{"grounding_metadata": {"web_search_queries": queries}}]}
+    return {
+        "output": [
+            {
+                "type": "web_search_call",
+                "id": f"ws_offline_{i}",
+                "status": "completed",
+                "action": {"type": "search", "query": query, "queries": [query]},
+            }
+            for i, query in enumerate(queries)
+        ]
+    }
 
 
 def _synthetic_claims(request: ModelRequest) -> str:

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from icp_pipeline.terminal import inert
-from icp_pipeline.visibility import stats
+from icp_pipeline.visibility import search_queries, stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
 # analytics-4: computed in the database (rollup.py); orgs above stats.BOOTSTRAP_MAX_RUNS latest runs
@@ -38,6 +38,7 @@ class RunFacts:
     claim_sentiments: list[tuple[int | None, str]] = field(default_factory=list)
     question: str = ""  # the question's key
     sample_index: int = 0
+    search_queries: list[str] = field(default_factory=list)  # normalised, in the order issued
     segment: str | None = None  # the id (as a string) of the segment whose ICP proposed the question
 
 
@@ -297,6 +298,9 @@ def compute_analytics(
         # More than one model judged the claims: sentiment compared across answering models then mixes
         # answer bias with grader bias.
         "mixed_graders": len(graders or []) > 1,
+        "search_queries": search_queries.search_query_stats(
+            (r.run_id, r.model, r.search_queries) for r in runs
+        ),
     }
 
 

@@ -36,7 +36,7 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.visibility import analytics as analytics_lib
-from icp_pipeline.visibility import segment_analytics, stats
+from icp_pipeline.visibility import search_fanout, segment_analytics, stats
 
 CELL = ["question", "model", "location"]
 # The breakdowns of the payload, each a column of the cells (None: the org as a whole).
@@ -514,6 +514,7 @@ def org_analytics(
             for g in sorted(graders, key=lambda g: g.model)
         ],
         "mixed_graders": len(graders) > 1,
+        "search_queries": search_fanout.search_query_stats(session, latest),
     }
 
 
