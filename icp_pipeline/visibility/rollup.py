@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, Integer, Subquery, and_, case, cast, func, select, text
+from sqlalchemy import BigInteger, Integer, Select, Subquery, and_, case, cast, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -97,7 +98,7 @@ def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
 _METRIC_VALUES = ("mentioned", "position", "cited")
 
 
-def _per_metric(org_id: str, latest: Subquery) -> Subquery:
+def _per_metric(org_id: str, latest: Subquery, labelled: bool) -> Subquery:
     """One row per latest run and active company with a metric (one row with no company for a run
     without any): the company's mentioned (0/1), position (0 unless mentioned) and cited (0/1), and
     per run, by window, its mentions of active companies and a row number (1 on one row of each run,
@@ -117,7 +118,7 @@ def _per_metric(org_id: str, latest: Subquery) -> Subquery:
     per_run = {"partition_by": latest.c.run_id}
     return (
         select(
-            *(latest.c[name] for name in (*_IDS, "provider", "requested_model", "synthetic")),
+            *(latest.c[name] for name in (*_IDS, *(["provider", "requested_model"] if labelled else []))),
             # A run without metrics: company 0 (ids start at 1) and zeros, so every column stays integer.
             *(func.coalesce(metric.c[name], 0).label(name) for name in ("company_id", *_METRIC_VALUES)),
             # Integer, not bigint: PostgreSQL sums bigints through numeric, several times slower.
@@ -130,33 +131,61 @@ def _per_metric(org_id: str, latest: Subquery) -> Subquery:
     )
 
 
+def _integer_frame(session: Session, statement: Select[Any], columns: list[str]) -> pd.DataFrame:
+    """The rows of an all-integer statement as a frame of int64 columns. The DBAPI cursor's tuples go
+    straight to numpy: per-row Row objects cost ~10x more at a few hundred thousand rows."""
+    result = session.connection().execute(statement)
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    values = np.array(rows, dtype=np.int64).reshape(len(rows), len(columns))
+    return pd.DataFrame(values, columns=columns)
+
+
+def _model_labels(session: Session, latest: Subquery) -> pd.DataFrame:
+    """Per model id, the labels of its latest runs (provider/requested_model, as the reference labels
+    runs) and whether any of them is synthetic: a few rows, joined to the cells after the GROUP BY."""
+    rows = session.execute(
+        select(
+            latest.c.model_id,
+            latest.c.provider,
+            latest.c.requested_model,
+            func.max(case((latest.c.synthetic, 1), else_=0)),
+        ).group_by(latest.c.model_id, latest.c.provider, latest.c.requested_model)
+    ).all()
+    return _frame(rows, ["model_id", "provider", "requested_model", "synthetic"])
+
+
 def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two frames keyed by the cell labels (question key, provider/model, country): per cell its runs,
-    the sum of squared mentions per run and whether any run is synthetic; per cell and company its
-    mentioned runs, sums of positions and squared positions, cited runs, and the sum of the runs'
-    mentions over the runs that mention it. One GROUP BY per cell of ids and company (the run's own
-    sums ride on its first row), then per label in pandas."""
-    rows = _per_metric(org_id, latest)
+    the sum of squared mentions per run and whether any run of its model label is synthetic; per cell
+    and company its mentioned runs, sums of positions and squared positions, cited runs, and the sum of
+    the runs' mentions over the runs that mention it. One GROUP BY per cell of ids and company (the
+    run's own sums ride on its first row), then per label in pandas."""
+    labels = _model_labels(session, latest)
+    # A model id with two labels among its latest runs (renamed between cycles): its labels are keys
+    # too (rare; strings, so the rows then take the slower generic path).
+    ambiguous = bool(labels.duplicated("model_id").any())
+    rows = _per_metric(org_id, latest, labelled=ambiguous)
+    id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
+    keys = [*(rows.c[name] for name in id_keys), rows.c.company_id]
     first = rows.c.nth == 1
-    # The label of a model is the run's provider/requested_model, as the reference has it; a model id
-    # may have two labels among its latest runs (renamed between cycles), so they are keys too.
-    keys = [*(rows.c[name] for name in _IDS), rows.c.provider, rows.c.requested_model, rows.c.company_id]
-    result = session.execute(
-        select(
-            *keys,
-            _sum(case((first, 1), else_=0)).label("runs"),
-            _sum(case((first, rows.c.mentions * rows.c.mentions), else_=0)).label("mention_squares"),
-            func.max(case((and_(first, rows.c.synthetic), 1), else_=0)).label("synthetic"),
-            _sum(rows.c.mentioned).label("mentioned"),
-            _sum(rows.c.position).label("position_sum"),
-            _sum(rows.c.position * rows.c.position).label("position_squares"),
-            _sum(rows.c.cited).label("cited"),
-            _sum(rows.c.mentioned * rows.c.mentions).label("mentions_with"),
-        ).group_by(*keys)
-    ).tuples()
-    cell_sums = ["runs", "mention_squares", "synthetic"]
-    id_keys = [*_IDS, "provider", "requested_model"]
-    frame = _frame(result.all(), [*id_keys, "company_id", *cell_sums, *_COMPANY_SUMS])
+    statement = select(
+        *keys,
+        _sum(case((first, 1), else_=0)).label("runs"),
+        _sum(case((first, rows.c.mentions * rows.c.mentions), else_=0)).label("mention_squares"),
+        _sum(rows.c.mentioned),
+        _sum(rows.c.position),
+        _sum(rows.c.position * rows.c.position),
+        _sum(rows.c.cited),
+        _sum(rows.c.mentioned * rows.c.mentions),
+    ).group_by(*keys)
+    columns = [*id_keys, "company_id", "runs", "mention_squares", *_COMPANY_SUMS]
+    if ambiguous:
+        frame = _frame(session.execute(statement).all(), columns)
+    else:
+        frame = _integer_frame(session, statement, columns)
     questions = dict(
         session.execute(select(Question.id, Question.key).where(Question.org_id == org_id)).tuples().all()
     )
@@ -165,12 +194,11 @@ def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFram
         .tuples()
         .all()
     )
-    # Labels per distinct id (few), not per row: the ids' frame is joined back on them.
-    labels = frame[id_keys].drop_duplicates()
-    labels["question"] = labels["question_id"].map(questions)
     labels["model"] = labels["provider"] + "/" + labels["requested_model"]
-    labels["location"] = labels["location_id"].map(locations)
-    frame = frame.merge(labels, on=id_keys)
+    model_keys = ["model_id", "provider", "requested_model"] if ambiguous else ["model_id"]
+    frame = frame.merge(labels[[*model_keys, "model", "synthetic"]], on=model_keys)
+    frame["question"] = frame["question_id"].map(questions)
+    frame["location"] = frame["location_id"].map(locations)
     # Two model ids may share a label (one model with and without web search): one cell, as in the
     # reference, which groups runs by their labels.
     cell_frame = frame.groupby(CELL, as_index=False, sort=False).agg(
