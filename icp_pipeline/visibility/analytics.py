@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from icp_pipeline.terminal import inert
-from icp_pipeline.visibility import stats
+from icp_pipeline.visibility import search_queries, stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
 # analytics-4: computed in the database (rollup.py); orgs above stats.BOOTSTRAP_MAX_RUNS latest runs
@@ -38,6 +38,8 @@ class RunFacts:
     claim_sentiments: list[tuple[int | None, str]] = field(default_factory=list)
     question: str = ""  # the question's key
     sample_index: int = 0
+    search_queries: list[str] = field(default_factory=list)  # normalised, in the order issued
+    segment: str | None = None  # the id (as a string) of the segment whose ICP proposed the question
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,14 @@ def question_stats(
     return by_question
 
 
+def segment_stats(
+    companies: list[CompanyInfo], runs: list[RunFacts], min_runs: int = DEFAULT_MIN_RUNS
+) -> dict[str, list[dict[str, Any]]]:
+    """`by_segment`: the company rows per segment over the runs of its questions (file questions'
+    runs have no segment and are left out)."""
+    return _grouped(companies, [r for r in runs if r.segment is not None], "segment", min_runs)
+
+
 def change_since(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
     """The change of one overall company row since the same company's row of the previous cycle:
     deltas (current minus previous) and the two-sided Fisher exact test on mentioned / not mentioned
@@ -274,6 +284,7 @@ def compute_analytics(
         "by_model": _grouped(companies, runs, "model", min_runs),
         "by_location": _grouped(companies, runs, "location", min_runs),
         "by_question": question_stats(companies, runs, min_runs),
+        "by_segment": segment_stats(companies, runs, min_runs),
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(runs),
@@ -287,6 +298,9 @@ def compute_analytics(
         # More than one model judged the claims: sentiment compared across answering models then mixes
         # answer bias with grader bias.
         "mixed_graders": len(graders or []) > 1,
+        "search_queries": search_queries.search_query_stats(
+            (r.run_id, r.model, r.search_queries) for r in runs
+        ),
     }
 
 

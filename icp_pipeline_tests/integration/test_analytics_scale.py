@@ -51,6 +51,7 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
                 Question.key,
                 QuestionRun.sample_index,
                 QuestionRun.synthetic,
+                Question.segment_id,
             )
             .join(Question, Question.id == QuestionRun.question_id)
             .join(OrgModel, OrgModel.id == QuestionRun.model_id)
@@ -71,6 +72,7 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
                 r.country_code,
                 question=r.key,
                 sample_index=r.sample_index,
+                segment=None if r.segment_id is None else str(r.segment_id),
             )
             for r in runs
         }
