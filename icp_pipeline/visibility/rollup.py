@@ -37,11 +37,12 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.visibility import analytics as analytics_lib
-from icp_pipeline.visibility import search_fanout, segment_analytics, stats
+from icp_pipeline.visibility import search_fanout, stats
 
 CELL = ["question", "model", "location"]
 # The breakdowns of the payload, each a column of the cells (None: the org as a whole).
-DIMENSIONS: tuple[str | None, ...] = (None, "model", "location", "question")
+# "segment" is the question's (its id as a string; runs of file questions have none and are left out).
+DIMENSIONS: tuple[str | None, ...] = (None, "model", "location", "question", "segment")
 _COMPANY_SUMS = ["mentioned", "position_sum", "position_squares", "cited", "mentions_with"]
 
 
@@ -186,9 +187,11 @@ def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFram
         frame = _frame(session.execute(statement).all(), columns)
     else:
         frame = _integer_frame(session, statement, columns)
-    questions = dict(
-        session.execute(select(Question.id, Question.key).where(Question.org_id == org_id)).tuples().all()
-    )
+    question_rows = session.execute(
+        select(Question.id, Question.key, Question.segment_id).where(Question.org_id == org_id)
+    ).all()
+    questions = {question_id: key for question_id, key, _ in question_rows}
+    segments = {key: None if segment is None else str(segment) for _, key, segment in question_rows}
     locations = dict(
         session.execute(select(OrgLocation.id, OrgLocation.country_code).where(OrgLocation.org_id == org_id))
         .tuples()
@@ -209,6 +212,9 @@ def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFram
         .groupby([*CELL, "company_id"], as_index=False, sort=False)[_COMPANY_SUMS]
         .sum()
     )
+    # Dimensions derived from the question are columns mapped on the cells (group keys of None drop).
+    for cell_columns in (cell_frame, company_frame):
+        cell_columns["segment"] = cell_columns["question"].map(segments)
     return cell_frame, company_frame
 
 
@@ -353,6 +359,7 @@ def _bootstrap(
         select(
             latest.c.run_id,
             Question.key,
+            Question.segment_id,
             latest.c.provider + "/" + latest.c.requested_model,
             OrgLocation.country_code,
             metrics.c.company_id,
@@ -365,8 +372,13 @@ def _bootstrap(
         .order_by(latest.c.run_id)
     ).all()
     facts: dict[int, analytics_lib.RunFacts] = {}
-    for run_id, question, model, location, company_id, position in rows:
-        run = facts.setdefault(run_id, analytics_lib.RunFacts(run_id, model, location, question=question))
+    for run_id, question, segment, model, location, company_id, position in rows:
+        run = facts.setdefault(
+            run_id,
+            analytics_lib.RunFacts(
+                run_id, model, location, question=question, segment=None if segment is None else str(segment)
+            ),
+        )
         if company_id is not None:
             run.positions[company_id] = position
     runs = list(facts.values())
@@ -544,9 +556,7 @@ def org_analytics(
         "by_model": breakdowns["model"],
         "by_location": breakdowns["location"],
         "by_question": breakdowns["question"],
-        "by_segment": segment_analytics.segment_breakdown(
-            session, org_id, latest, companies, min_runs, intervals
-        ),
+        "by_segment": breakdowns["segment"],
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(session, latest),
