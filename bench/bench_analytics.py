@@ -40,11 +40,12 @@ class _ServerCpu:
     """CPU seconds of the PostgreSQL backends this process connected to, from /proc (None when the
     server is elsewhere or the database is SQLite, which runs inside the client)."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
         self.pids: set[int] = set()
+        self.enabled = not url.startswith("sqlite")
 
         @event.listens_for(Engine, "connect")
         def _connected(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -55,14 +56,16 @@ class _ServerCpu:
                 cursor.close()
 
     def seconds(self) -> float | None:
-        total = 0.0
+        if not self.enabled:
+            return None
+        total = 0.0  # before the first connection: nothing spent yet
         for pid in self.pids:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 return None
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total if self.pids else None
+        return total
 
 
 def _spent(after: float | None, before: float | None) -> float | None:
@@ -73,7 +76,7 @@ def measure(url: str, org_id: str, repeats: int) -> dict:
     """In the child: the steps alone, so the peak RSS is theirs (plus the interpreter and imports)."""
     from icp_pipeline.visibility import steps
 
-    server = _ServerCpu()
+    server = _ServerCpu(url)
     baseline = _peak_rss_mb()
     started, cpu_started, server_started = time.perf_counter(), time.process_time(), server.seconds()
     marked = steps.mark_latest(url, org_id)
@@ -211,7 +214,6 @@ def main() -> None:
             _reset_latest(url)
             runs[label] = _child(url, args, checkout)
         result = runs["this"]
-        load_before = runs.get("baseline", result)["load_average_before"]
         report = {
             "database": "sqlite" if args.sqlite else "postgresql",
             "shape": f"{shape.questions} questions x {shape.models} models x {shape.locations} locations x "
@@ -219,7 +221,6 @@ def main() -> None:
             "expected_latest_runs_active": shape.latest_runs,
             "build_org_s": round(build_seconds, 1),
             **result,
-            "load_average_before": load_before,
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "cpus": os.cpu_count(),
         }
