@@ -2,8 +2,9 @@
 any size costs a few queries and memory in proportion to its combinations, never to its runs.
 
 The payload is the one analytics.compute_analytics makes from per-run facts (its reference): the
-counts come from one GROUP BY per question x model x location (cell) and company, and every
-breakdown (overall, by model, by location, by question, stability) adds cells up. The latest runs are
+counts come from one GROUP BY per question x model x location (cell) and company, in one pass over
+the metric rows (per-run mentions by window function), and every breakdown (overall, by model, by
+location, by question, by segment, stability) adds cells up. The latest runs are
 a subquery joined into each query: no list of run ids is ever sent (SQLite refuses more than 32,766
 variables, and such lists cost memory in proportion to the runs).
 
