@@ -2,8 +2,9 @@
 any size costs a few queries and memory in proportion to its combinations, never to its runs.
 
 The payload is the one analytics.compute_analytics makes from per-run facts (its reference): the
-counts come from one GROUP BY per question x model x location (cell) and company, and every
-breakdown (overall, by model, by location, by question, stability) adds cells up. The latest runs are
+counts come from one GROUP BY per question x model x location (cell) and company, in one pass over
+the metric rows (per-run mentions by window function), and every breakdown (overall, by model, by
+location, by question, by segment, stability) adds cells up. The latest runs are
 a subquery joined into each query: no list of run ids is ever sent (SQLite refuses more than 32,766
 variables, and such lists cost memory in proportion to the runs).
 
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import BigInteger, Subquery, and_, case, cast, func, select
+from sqlalchemy import BigInteger, Integer, Select, Subquery, and_, case, cast, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,11 +38,12 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.visibility import analytics as analytics_lib
-from icp_pipeline.visibility import search_fanout, segment_analytics, stats
+from icp_pipeline.visibility import search_fanout, stats
 
 CELL = ["question", "model", "location"]
 # The breakdowns of the payload, each a column of the cells (None: the org as a whole).
-DIMENSIONS: tuple[str | None, ...] = (None, "model", "location", "question")
+# "segment" is the question's (its id as a string; runs of file questions have none and are left out).
+DIMENSIONS: tuple[str | None, ...] = (None, "model", "location", "question", "segment")
 _COMPANY_SUMS = ["mentioned", "position_sum", "position_squares", "cited", "mentions_with"]
 
 
@@ -80,19 +83,6 @@ def _active_company(org_id: str) -> ColumnElement[bool]:
     return and_(Company.id == CompetitiveMetric.company_id, Company.org_id == org_id, Company.active)
 
 
-def _mentions_per_run(org_id: str) -> Subquery:
-    """Per latest run of the org, how many active companies it mentions (the denominator of share of
-    voice). Runs of inactive questions, models or locations drop out at the join with `latest`."""
-    return (
-        select(CompetitiveMetric.question_run_id.label("run_id"), func.count().label("mentions"))
-        .join(QuestionRun, QuestionRun.id == CompetitiveMetric.question_run_id)
-        .join(Company, _active_company(org_id))
-        .where(QuestionRun.org_id == org_id, QuestionRun.is_latest, _mentioned())
-        .group_by(CompetitiveMetric.question_run_id)
-        .subquery("per_run")
-    )
-
-
 _IDS = ["question_id", "model_id", "location_id"]
 
 
@@ -107,76 +97,125 @@ def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(dict(zip(columns, data, strict=True)))
 
 
+_METRIC_VALUES = ("mentioned", "position", "cited")
+
+
+def _per_metric(org_id: str, latest: Subquery, labelled: bool) -> Subquery:
+    """One row per latest run and active company with a metric (one row with no company for a run
+    without any): the company's mentioned (0/1), position (0 unless mentioned) and cited (0/1), and
+    per run, by window, its mentions of active companies and a row number (1 on one row of each run,
+    which carries the run's own sums). One pass over the metric rows: no per-run subquery joined back."""
+    mentioned = _mentioned()
+    metric = (
+        select(
+            CompetitiveMetric.question_run_id.label("run_id"),
+            CompetitiveMetric.company_id,
+            case((mentioned, 1), else_=0).label("mentioned"),
+            case((mentioned, CompetitiveMetric.position), else_=0).label("position"),
+            case((CompetitiveMetric.cited, 1), else_=0).label("cited"),
+        )
+        .join(Company, _active_company(org_id))
+        .subquery("metric")
+    )
+    per_run = {"partition_by": latest.c.run_id}
+    return (
+        select(
+            *(latest.c[name] for name in (*_IDS, *(["provider", "requested_model"] if labelled else []))),
+            # A run without metrics: company 0 (ids start at 1) and zeros, so every column stays integer.
+            *(func.coalesce(metric.c[name], 0).label(name) for name in ("company_id", *_METRIC_VALUES)),
+            # Integer, not bigint: PostgreSQL sums bigints through numeric, several times slower.
+            cast(func.coalesce(func.sum(metric.c.mentioned).over(**per_run), 0), Integer).label("mentions"),
+            func.row_number().over(**per_run).label("nth"),
+        )
+        .select_from(latest)
+        .outerjoin(metric, metric.c.run_id == latest.c.run_id)
+        .subquery("per_metric")
+    )
+
+
+def _integer_frame(session: Session, statement: Select[Any], columns: list[str]) -> pd.DataFrame:
+    """The rows of an all-integer statement as a frame of int64 columns. The DBAPI cursor's tuples go
+    straight to numpy: per-row Row objects cost ~10x more at a few hundred thousand rows."""
+    result = session.connection().execute(statement)
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    values = np.array(rows, dtype=np.int64).reshape(len(rows), len(columns))
+    return pd.DataFrame(values, columns=columns)
+
+
+def _model_labels(session: Session, latest: Subquery) -> pd.DataFrame:
+    """Per model id, the labels of its latest runs (provider/requested_model, as the reference labels
+    runs) and whether any of them is synthetic: a few rows, joined to the cells after the GROUP BY."""
+    rows = session.execute(
+        select(
+            latest.c.model_id,
+            latest.c.provider,
+            latest.c.requested_model,
+            func.max(case((latest.c.synthetic, 1), else_=0)),
+        ).group_by(latest.c.model_id, latest.c.provider, latest.c.requested_model)
+    ).all()
+    return _frame(rows, ["model_id", "provider", "requested_model", "synthetic"])
+
+
 def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two frames keyed by the cell labels (question key, provider/model, country): per cell its runs,
-    the sum of squared mentions per run and whether any run is synthetic; per cell and company its
-    mentioned runs, sums of positions and squared positions, cited runs, and the sum of the runs'
-    mentions over the runs that mention it. Summed in SQL per cell of ids, then per label."""
-    per_run = _mentions_per_run(org_id)
-    mentions = func.coalesce(per_run.c.mentions, 0)
-    ids = [latest.c.question_id, latest.c.model_id, latest.c.location_id]
-    # The label of a model is the run's provider/requested_model, as the reference has it.
-    labelled = [*ids, latest.c.provider, latest.c.requested_model]
-    cells = session.execute(
-        select(
-            *labelled,
-            func.count().label("runs"),
-            _sum(mentions * mentions).label("mention_squares"),
-            func.max(case((latest.c.synthetic, 1), else_=0)).label("synthetic"),
-        )
-        .select_from(latest)
-        .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
-        .group_by(*labelled)
-    ).all()
-    cell_frame = pd.DataFrame(
-        cells, columns=[*_IDS, "provider", "requested_model", "runs", "mention_squares", "synthetic"]
-    )
-    # One model id with two labels among its latest runs (renamed between cycles): group by them too.
-    ambiguous = bool(cell_frame.duplicated(_IDS).any())
-    company_keys = [*(labelled if ambiguous else ids), CompetitiveMetric.company_id]
-    mentioned = _mentioned()
-    company_cells = session.execute(
-        select(
-            *company_keys,
-            _sum(case((mentioned, 1), else_=0)).label("mentioned"),
-            _sum(case((mentioned, CompetitiveMetric.position), else_=0)).label("position_sum"),
-            _sum(case((mentioned, CompetitiveMetric.position * CompetitiveMetric.position), else_=0)).label(
-                "position_squares"
-            ),
-            _sum(case((CompetitiveMetric.cited, 1), else_=0)).label("cited"),
-            _sum(case((mentioned, mentions), else_=0)).label("mentions_with"),
-        )
-        .select_from(latest)
-        .join(CompetitiveMetric, CompetitiveMetric.question_run_id == latest.c.run_id)
-        .outerjoin(per_run, per_run.c.run_id == latest.c.run_id)
-        .group_by(*company_keys)
-    ).all()
+    the sum of squared mentions per run and whether any run of its model label is synthetic; per cell
+    and company its mentioned runs, sums of positions and squared positions, cited runs, and the sum of
+    the runs' mentions over the runs that mention it. One GROUP BY per cell of ids and company (the
+    run's own sums ride on its first row), then per label in pandas."""
+    labels = _model_labels(session, latest)
+    # A model id with two labels among its latest runs (renamed between cycles): its labels are keys
+    # too (rare; strings, so the rows then take the slower generic path).
+    ambiguous = bool(labels.duplicated("model_id").any())
+    rows = _per_metric(org_id, latest, labelled=ambiguous)
     id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
-    company_frame = _frame(company_cells, [*id_keys, "company_id", *_COMPANY_SUMS])
-    # Inactive companies' rows are dropped here, not by one more join over every metric row.
-    active = set(session.scalars(select(Company.id).where(Company.org_id == org_id, Company.active)))
-    company_frame = company_frame[company_frame["company_id"].isin(active)]
-    questions = dict(
-        session.execute(select(Question.id, Question.key).where(Question.org_id == org_id)).all()
-    )
+    keys = [*(rows.c[name] for name in id_keys), rows.c.company_id]
+    first = rows.c.nth == 1
+    statement = select(
+        *keys,
+        _sum(case((first, 1), else_=0)).label("runs"),
+        _sum(case((first, rows.c.mentions * rows.c.mentions), else_=0)).label("mention_squares"),
+        _sum(rows.c.mentioned),
+        _sum(rows.c.position),
+        _sum(rows.c.position * rows.c.position),
+        _sum(rows.c.cited),
+        _sum(rows.c.mentioned * rows.c.mentions),
+    ).group_by(*keys)
+    columns = [*id_keys, "company_id", "runs", "mention_squares", *_COMPANY_SUMS]
+    if ambiguous:
+        frame = _frame(session.execute(statement).all(), columns)
+    else:
+        frame = _integer_frame(session, statement, columns)
+    question_rows = session.execute(
+        select(Question.id, Question.key, Question.segment_id).where(Question.org_id == org_id)
+    ).all()
+    questions = {question_id: key for question_id, key, _ in question_rows}
+    segments = {key: None if segment is None else str(segment) for _, key, segment in question_rows}
     locations = dict(
-        session.execute(
-            select(OrgLocation.id, OrgLocation.country_code).where(OrgLocation.org_id == org_id)
-        ).all()
+        session.execute(select(OrgLocation.id, OrgLocation.country_code).where(OrgLocation.org_id == org_id))
+        .tuples()
+        .all()
     )
-    cell_frame["question"] = cell_frame["question_id"].map(questions)
-    cell_frame["model"] = cell_frame["provider"] + "/" + cell_frame["requested_model"]
-    cell_frame["location"] = cell_frame["location_id"].map(locations)
-    company_frame = company_frame.merge(cell_frame[[*id_keys, *CELL]], on=id_keys)
-    cell_sums = ["runs", "mention_squares", "synthetic"]
-    for frame, columns in ((cell_frame, cell_sums), (company_frame, _COMPANY_SUMS)):
-        frame[columns] = frame[columns].fillna(0).astype("int64")
+    labels["model"] = labels["provider"] + "/" + labels["requested_model"]
+    model_keys = ["model_id", "provider", "requested_model"] if ambiguous else ["model_id"]
+    frame = frame.merge(labels[[*model_keys, "model", "synthetic"]], on=model_keys)
+    frame["question"] = frame["question_id"].map(questions)
+    frame["location"] = frame["location_id"].map(locations)
     # Two model ids may share a label (one model with and without web search): one cell, as in the
     # reference, which groups runs by their labels.
-    cell_frame = cell_frame.groupby(CELL, as_index=False).agg(
+    cell_frame = frame.groupby(CELL, as_index=False, sort=False).agg(
         runs=("runs", "sum"), mention_squares=("mention_squares", "sum"), synthetic=("synthetic", "max")
     )
-    company_frame = company_frame.groupby([*CELL, "company_id"], as_index=False)[_COMPANY_SUMS].sum()
+    company_frame = (
+        frame[frame["company_id"] != 0]
+        .groupby([*CELL, "company_id"], as_index=False, sort=False)[_COMPANY_SUMS]
+        .sum()
+    )
+    # Dimensions derived from the question are columns mapped on the cells (group keys of None drop).
+    for cell_columns in (cell_frame, company_frame):
+        cell_columns["segment"] = cell_columns["question"].map(segments)
     return cell_frame, company_frame
 
 
@@ -192,20 +231,29 @@ def _group_counts(
 ) -> dict[Any, _Counts]:
     """The sums of each group of the dimension (one group, key None, for the org as a whole)."""
     if dimension is None:
-        run_sums = {None: cells[["runs", "mention_squares"]].sum()}
-        company_sums = {
-            (None, c): s for c, s in company_cells.groupby("company_id")[_COMPANY_SUMS].sum().iterrows()
-        }
+        run_sums = {None: (int(cells["runs"].sum()), int(cells["mention_squares"].sum()))}
     else:
-        run_sums = dict(cells.groupby(dimension)[["runs", "mention_squares"]].sum().iterrows())
-        company_sums = dict(company_cells.groupby([dimension, "company_id"])[_COMPANY_SUMS].sum().iterrows())
+        runs = cells.groupby(dimension)[["runs", "mention_squares"]].sum()
+        run_sums = dict(
+            zip(
+                runs.index,
+                zip(runs["runs"].tolist(), runs["mention_squares"].tolist(), strict=True),
+                strict=True,
+            )
+        )
+    keys = ["company_id"] if dimension is None else [dimension, "company_id"]
+    sums = company_cells.groupby(keys)[_COMPANY_SUMS].sum().reset_index()
+    # Columns to Python lists once: iterating a frame's rows builds a Series per row (slow).
+    groups = [None] * len(sums) if dimension is None else sums[dimension].tolist()
     by_company: dict[Any, dict[int, dict[str, int]]] = defaultdict(dict)
-    for (key, company_id), sums in company_sums.items():
-        by_company[key][int(company_id)] = {name: int(sums[name]) for name in _COMPANY_SUMS}
+    for key, company_id, *values in zip(
+        groups, sums["company_id"].tolist(), *(sums[name].tolist() for name in _COMPANY_SUMS), strict=True
+    ):
+        by_company[key][int(company_id)] = dict(zip(_COMPANY_SUMS, values, strict=True))
     return {
-        key: _Counts(int(sums["runs"]), int(sums["mention_squares"]), by_company.get(key, {}))
-        for key, sums in run_sums.items()
-        if int(sums["runs"]) > 0
+        key: _Counts(runs, squares, by_company.get(key, {}))
+        for key, (runs, squares) in run_sums.items()
+        if runs > 0
     }
 
 
@@ -312,6 +360,7 @@ def _bootstrap(
         select(
             latest.c.run_id,
             Question.key,
+            Question.segment_id,
             latest.c.provider + "/" + latest.c.requested_model,
             OrgLocation.country_code,
             metrics.c.company_id,
@@ -324,8 +373,13 @@ def _bootstrap(
         .order_by(latest.c.run_id)
     ).all()
     facts: dict[int, analytics_lib.RunFacts] = {}
-    for run_id, question, model, location, company_id, position in rows:
-        run = facts.setdefault(run_id, analytics_lib.RunFacts(run_id, model, location, question=question))
+    for run_id, question, segment, model, location, company_id, position in rows:
+        run = facts.setdefault(
+            run_id,
+            analytics_lib.RunFacts(
+                run_id, model, location, question=question, segment=None if segment is None else str(segment)
+            ),
+        )
         if company_id is not None:
             run.positions[company_id] = position
     runs = list(facts.values())
@@ -462,6 +516,9 @@ def org_analytics(
     grader: tuple[str, str] | None,
 ) -> dict[str, Any]:
     """The analytics payload of analytics.compute_analytics, computed in the database."""
+    if session.get_bind().dialect.name == "postgresql":
+        # The roll-up's hash aggregates (a row per cell and company) spill to disk at the default 4 MB.
+        session.execute(text("SET LOCAL work_mem = '64MB'"))
     latest = latest_runs(org_id)
     cells, company_cells = _cells(session, org_id, latest)
     latest_count = int(cells["runs"].sum())
@@ -500,9 +557,7 @@ def org_analytics(
         "by_model": breakdowns["model"],
         "by_location": breakdowns["location"],
         "by_question": breakdowns["question"],
-        "by_segment": segment_analytics.segment_breakdown(
-            session, org_id, latest, companies, min_runs, intervals
-        ),
+        "by_segment": breakdowns["segment"],
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(session, latest),

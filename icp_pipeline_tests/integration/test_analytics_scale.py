@@ -176,6 +176,47 @@ def test_database_analytics_equal_the_reference_on_postgres(postgres_databases: 
     _check_equivalence(postgres_databases())
 
 
+def _check_model_labels(url: str) -> None:
+    """A model renamed between cycles (one model id, two labels among its latest runs) and two model
+    ids with one label (a model with and without web search): cells follow the runs' labels, as the
+    reference groups them, on the roll-up's generic path (labels as keys) and its integer one."""
+    upgrade(url)
+    build_org(url, "small", SMALL)
+    steps.mark_latest(url, "small")
+    with session_scope(url) as session:
+        first, second, third = session.scalars(
+            sa.select(OrgModel.id).where(OrgModel.org_id == "small").order_by(OrgModel.id).limit(3)
+        ).all()
+        session.execute(
+            sa.update(QuestionRun)
+            .where(QuestionRun.model_id == first, QuestionRun.id % 2 == 0)
+            .values(requested_model="renamed")
+        )
+        session.execute(
+            sa.update(QuestionRun)
+            .where(QuestionRun.model_id == third)
+            .values(provider="p1", requested_model="model-1")
+        )
+    renamed = steps.build_analytics(url, "small").payload
+    assert {"p0/model-0", "p0/renamed", "p1/model-1"} <= set(renamed["by_model"])
+    assert _without_time(renamed) == _without_time(reference_payload(url, "small"))
+    with session_scope(url) as session:
+        session.execute(
+            sa.update(QuestionRun).where(QuestionRun.model_id == first).values(requested_model="model-0")
+        )
+    shared = steps.build_analytics(url, "small").payload
+    assert "p0/renamed" not in shared["by_model"] and len(shared["by_model"]) == SMALL.models - 1
+    assert _without_time(shared) == _without_time(reference_payload(url, "small"))
+
+
+def test_model_labels_follow_the_runs_on_sqlite(tmp_path: Path) -> None:
+    _check_model_labels(f"sqlite:///{tmp_path / 'app.db'}")
+
+
+def test_model_labels_follow_the_runs_on_postgres(postgres_databases: Callable[[], str]) -> None:
+    _check_model_labels(postgres_databases())
+
+
 def test_delta_intervals_above_the_bootstrap_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Above stats.BOOTSTRAP_MAX_RUNS the counts and rates are the same and the two intervals come
     from the delta method: each contains its estimate and is close to the bootstrap's."""
