@@ -29,6 +29,7 @@ from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION
 from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.push import PushFailed, push_snapshot
+from icp_pipeline.visibility.untracked import UNTRACKED_VERSION
 
 QUESTION_RUNS_GROUP = "question_runs"
 ORG_GROUP = "org_rollups"
@@ -158,7 +159,7 @@ def run_mentions(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
 
 
 @_question_run_asset(
-    description="Collects cited URLs from provider annotations and the answer text, normalised once per run.",
+    description="Collects cited URLs from provider annotations and the answer text, with their source category.",
     kinds={"python", "sql"},
     deps=[question_run],
     retry_policy=DB_RETRY,
@@ -173,6 +174,8 @@ def run_citations(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
             "citations": summary["citations"],
             "retrieved_not_cited": summary["retrieved_not_cited"],
             "domains": dg.MetadataValue.json(summary["domains"]),
+            "categories": dg.MetadataValue.json(summary["categories"]),
+            "history_runs": summary["history_runs"],
         }
     )
 
@@ -206,10 +209,39 @@ def run_claims(
     )
 
 
+UNTRACKED_COLUMNS = [
+    ("name", "string", "As the answer or the claim wrote it (model output, plain text)"),
+    ("source", "string", "text: the answer names it; claim: a claim is about it"),
+    ("occurrences", "int", "Times the answer names it, or claims about it"),
+]
+
+
+# No model call (claims are read as stored), so no llm pool: it runs as soon as run_claims is done.
+@_question_run_asset(
+    description="Finds the companies the answers and claims name that the org does not track.",
+    kinds={"python", "sql"},
+    deps=[question_run, run_claims],
+    retry_policy=DB_RETRY,
+    code_version=UNTRACKED_VERSION,
+)
+def run_untracked_companies(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "run_untracked_companies", DB_RETRY):
+        summary = steps.extract_untracked(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            ROW_COUNT: summary["untracked"],
+            "untracked": summary["untracked"],
+            "history_runs": summary["history_runs"],
+            # Names written by a model: a table of plain text cells, never markdown.
+            "names": table(UNTRACKED_COLUMNS, summary["names"]),
+        }
+    )
+
+
 @_question_run_asset(
     description="Computes per-company competitive metrics of the run and completes its cycle item.",
     kinds={"python", "sql"},
-    deps=[run_mentions, run_citations, run_claims],
+    deps=[run_mentions, run_citations, run_claims, run_untracked_companies],
     retry_policy=DB_RETRY,
     code_version=METRICS_VERSION,
 )
@@ -414,6 +446,14 @@ def analytics_push(
     )
 
 
-question_run_assets = [ai_answer, question_run, run_mentions, run_citations, run_claims, competitive_metrics]
+question_run_assets = [
+    ai_answer,
+    question_run,
+    run_mentions,
+    run_citations,
+    run_claims,
+    run_untracked_companies,
+    competitive_metrics,
+]
 org_assets = [latest_runs, org_analytics, analytics_push]
 cycle_assets = [org_cycle]
