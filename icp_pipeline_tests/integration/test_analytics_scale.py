@@ -170,11 +170,12 @@ def _check_equivalence(url: str) -> None:
     # Sanity of the fixture: every part of the payload has something to compare.
     assert first["citations"]["total"] > 0 and first["sentiment"][0]["claims"] > 0
     by_category = first["citations"]["by_category"]
-    assert all(row["citations"] for row in by_category)
+    assert sum(1 for row in by_category if row["citations"]) >= 5
     assert sum(row["retrieved_citations"] for row in by_category) > 0
     assert by_category[-1]["category"] is None  # citations stored before categories existed
     assert len(first["untracked_companies"]) == 6
-    assert {tuple(row["sources"]) for row in first["untracked_companies"]} == {("claim", "text")}
+    # Vendor 0 is named by the text only ((run * 0) % 5 is never 1), the others by both.
+    assert {tuple(row["sources"]) for row in first["untracked_companies"]} == {("claim", "text"), ("text",)}
     assert first["cost"]["total"]["calls_with_unknown_cost"] > 0 and first["graders"]
     assert any(
         r["stability"]["disagreeing_combinations"] for rows in first["by_question"].values() for r in rows
