@@ -592,6 +592,21 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
         return summary
 
 
+def evidence_fingerprint(session: Session, org_id: str) -> tuple[Any, ...]:
+    """What the deterministic steps read from the org file: its active companies' names, aliases,
+    domains and roles, and its source categories. When `org load` changes it, history is recomputed."""
+    companies = session.execute(
+        select(Company.name, Company.is_target, Company.aliases, Company.domains)
+        .where(Company.org_id == org_id, Company.active)
+        .order_by(Company.name)
+    ).all()
+    categories = org_source_categories(session.get(Org, org_id))
+    return (
+        tuple((n, t, tuple(a or ()), tuple(d or ())) for n, t, a, d in companies),
+        tuple(sorted((k, tuple(v)) for k, v in categories.items())),
+    )
+
+
 def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[str, Any]:
     """Recompute mentions, citations (categories), claims' companies, untracked companies and metrics
     of every completed run of the org from its stored answers, in batches of `batch_size` runs (one

@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from icp_pipeline.visibility.citations import urls_in_text
 from icp_pipeline.visibility.mentions import CompanyTerms, find_mentions
 
 UNTRACKED_VERSION = "untracked-1"
@@ -62,6 +63,8 @@ _LEADING_TEXT = """
     """
 # Legal suffixes dropped from the key so "Globex Inc." and "Globex" are one company.
 _LEGAL_TEXT = "inc inc. ltd ltd. llc gmbh corp corp. corporation co co. plc ag sa s.a. bv"
+# Lowercase words a company name may hold ("Bank of America", "Procter & Gamble").
+_JOINERS = frozenset({"of", "and", "&", "de", "la", "du", "von", "van", "der"})
 # Kept as text for reading; frozensets of their words.
 STOP_WORDS = frozenset(_STOP_TEXT.split())
 LEADING_STOP = frozenset(_LEADING_TEXT.split())
@@ -85,22 +88,26 @@ def name_key(name: str) -> str:
 
 
 def _clean(raw: str) -> str | None:
-    """The candidate as a name, or None when it is generic or not capitalised."""
-    name = " ".join(raw.split()).strip(" .,:;!?-\u2013\u2014")
-    if name.casefold().startswith("the "):
-        name = name[4:]
+    """The candidate as a name, or None when it is generic or not capitalised. The name ends before
+    its first lowercase word other than a joiner ("Amplitude is a ..." is Amplitude)."""
+    words = " ".join(raw.split()).strip(" .,:;!?-\u2013\u2014").split()
+    if words and words[0].casefold() == "the":
+        words = words[1:]
+    for index, word in enumerate(words):
+        if not (word[0].isupper() or word[0].isdigit() or word in _JOINERS) and index:
+            words = words[:index]
+            break
+    while words and words[-1] in _JOINERS:
+        words.pop()
+    name = " ".join(words).strip(" .,:;!?-\u2013\u2014")
     words = name.split()
     if not words or len(words) > MAX_NAME_WORDS or len(name) > MAX_NAME_CHARS or len(name) < 2:
         return None
     first = words[0]
     if not first[0].isalpha() or not (first[0].isupper() or any(ch.isupper() for ch in first[1:])):
         return None  # "iPhone"-style names pass on an inner capital; "pricing" does not
-    if any(not (w[0].isupper() or w[0].isdigit() or w.casefold() in STOP_WORDS) for w in words):
-        return None  # a lowercase word that is no joiner: a sentence, not a name
     keys = [w.casefold().strip(".,:;") for w in words]
     if keys[0] in LEADING_STOP or all(k in STOP_WORDS for k in keys):
-        return None
-    if len(keys) > 1 and keys[-1] in {"and", "or", "for", "of", "the", "with", "vs", "versus"}:
         return None
     return name
 
@@ -136,11 +143,14 @@ def untracked_names(
     """The run's untracked companies: text candidates (occurrences = whole-word, case-insensitive
     matches in the answer) and the claims' companies no tracked name matches (occurrences = claims)."""
     answer = unicodedata.normalize("NFC", answer)
+    prose = answer
+    for url in urls_in_text(answer):  # a name inside a URL (docs.mixpanel.com) is no mention
+        prose = prose.replace(url, " ")
     found: dict[tuple[str, str], UntrackedName] = {}
     for name in text_candidates(answer):
         if not _tracked(name, terms):
             key = name_key(name)
-            found[(key, "text")] = UntrackedName(name, key, "text", _occurrences(name, answer))
+            found[(key, "text")] = UntrackedName(name, key, "text", _occurrences(name, prose))
     for company in claim_companies:
         name = " ".join(unicodedata.normalize("NFC", company).split())[:200]
         key = name_key(name)
