@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suggest.add_argument("org", help=ORG_ID_HELP)
     suggest.add_argument("--json", action="store_true", help="as JSON instead of a table")
-    suggest.add_argument("--limit", type=_workers, default=20, help="how many companies (default 20)")
+    suggest.add_argument("--limit", type=_workers, default=20, help="how many companies")
     suggest.set_defaults(func=cmd_org_suggest_competitors)
     history = org.add_parser("history", help="print each company's rates per cycle with their intervals")
     history.add_argument("org", help=ORG_ID_HELP)
