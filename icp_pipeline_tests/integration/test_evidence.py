@@ -3,6 +3,7 @@ citations, re-materialization after an extractor change with no model call, `org
 and a suggested company added to the org file recomputing history."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,14 @@ https://techcrunch.com/2024/analytics).
 
 
 def test_categories_and_untracked_companies_from_crafted_answers(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'app.db'}"
+    _crafted_answers_to_payload(f"sqlite:///{tmp_path / 'app.db'}")
+
+
+def test_categories_and_untracked_companies_on_postgres(postgres_databases: Callable[[], str]) -> None:
+    _crafted_answers_to_payload(postgres_databases())
+
+
+def _crafted_answers_to_payload(url: str) -> None:
     upgrade(url)
     load(url, small_org())
     keys = run_cycle(url)
