@@ -519,30 +519,6 @@ def _store_untracked(session: Session, run: QuestionRun, terms: list[CompanyTerm
     return len(names)
 
 
-def extract_untracked(db_url: str, partition_key: str) -> dict[str, Any]:
-    """The companies the partition's answers and claims name that the org does not track, for every
-    stored run of the partition (no model call); claims are first re-pointed at tracked companies."""
-    with session_scope(db_url) as session:
-        runs = replay_runs(session, partition_key)
-        terms = company_terms(session, runs[0].org_id)
-        newest = [r for r in runs if r.cycle_id == runs[0].cycle_id]
-        for run in runs[len(newest) :]:
-            _store_untracked(session, run, terms)
-        names = sum(_store_untracked(session, run, terms) for run in newest)
-        session.flush()
-        rows = session.execute(
-            select(UntrackedMention.name, UntrackedMention.source, UntrackedMention.occurrences)
-            .where(UntrackedMention.question_run_id.in_([r.id for r in newest]))
-            .order_by(UntrackedMention.occurrences.desc(), UntrackedMention.name)
-        ).all()
-        return {
-            "runs": len(newest),
-            "history_runs": len(runs) - len(newest),
-            "untracked": names,
-            "names": [{"name": n, "source": src, "occurrences": occ} for n, src, occ in rows],
-        }
-
-
 def _store_metrics(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> list[Any]:
     mentions = {
         m.company_id: (m.position, m.mention_count)
@@ -564,7 +540,8 @@ def _store_metrics(session: Session, run: QuestionRun, terms: list[CompanyTerms]
 
 
 def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
-    """Per-company metrics of each run; completes the newest cycle's run and its cycle item. The
+    """Per-company metrics of each run, after its untracked companies (which first point its claims
+    at the companies tracked now); completes the newest cycle's run and its cycle item. The
     partition's earlier completed runs are recomputed too (their status left as it is)."""
     with session_scope(db_url) as session:
         runs = replay_runs(session, partition_key)
@@ -577,10 +554,15 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
             "mentioned": [],
             "cited": [],
             "positions": {},
+            "untracked": 0,
         }
         for run in runs[len(newest) :]:
+            _store_untracked(session, run, terms)
+            session.flush()
             _store_metrics(session, run, terms)
         for run in newest:
+            summary["untracked"] += _store_untracked(session, run, terms)
+            session.flush()
             for row in _store_metrics(session, run, terms):
                 if row.mentioned:
                     summary["mentioned"].append(names[row.company_id])
@@ -589,6 +571,15 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
                     summary["cited"].append(names[row.company_id])
             run.status, run.error, run.completed_at = "completed", None, run.completed_at or datetime.now(UTC)
             set_item_status(session, run.item, "succeeded")
+        session.flush()
+        summary["untracked_names"] = [
+            {"name": n, "source": src, "occurrences": occ}
+            for n, src, occ in session.execute(
+                select(UntrackedMention.name, UntrackedMention.source, UntrackedMention.occurrences)
+                .where(UntrackedMention.question_run_id.in_([r.id for r in newest]))
+                .order_by(UntrackedMention.occurrences.desc(), UntrackedMention.name)
+            )
+        ]
         return summary
 
 
@@ -610,7 +601,7 @@ def evidence_fingerprint(session: Session, org_id: str) -> tuple[Any, ...]:
 def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[str, Any]:
     """Recompute mentions, citations (categories), claims' companies, untracked companies and metrics
     of every completed run of the org from its stored answers, in batches of `batch_size` runs (one
-    transaction each): what re-materializing run_mentions .. competitive_metrics for every partition
+    transaction each): what re-materializing run_mentions, run_citations and competitive_metrics for every partition
     does, without Dagster, and with no model call. `org load` runs it when the companies change."""
     done = 0
     last_id = 0

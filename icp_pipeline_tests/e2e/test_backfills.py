@@ -44,7 +44,6 @@ QUESTION_RUN_ASSETS = [
     "run_mentions",
     "run_citations",
     "run_claims",
-    "run_untracked_companies",
     "competitive_metrics",
 ]
 LAUNCH_BACKFILL = """

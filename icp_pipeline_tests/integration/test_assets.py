@@ -161,7 +161,7 @@ def test_every_asset_declares_group_kinds_description_and_pools(sqlite_app: str)
     from icp_pipeline_tests.support.pipeline import pipeline_defs
 
     assets = list(pipeline_defs(sqlite_app).assets)
-    assert len(assets) == 14
+    assert len(assets) == 13
     for asset in assets:
         spec = next(iter(asset.specs))
         assert spec.group_name in ("question_runs", "org_rollups", "icp_segments")

@@ -60,8 +60,7 @@ def run_cycle(url: str) -> list[str]:
         steps.extract_mentions(url, key)
         steps.extract_run_citations(url, key)
         steps.extract_claims(url, key, provider_for)
-        steps.extract_untracked(url, key)
-        steps.compute_metrics(url, key)
+        steps.compute_metrics(url, key)  # untracked companies, then metrics
     with session_scope(url) as session:
         assert refresh_cycle(session, cycle_id).status == "succeeded"
     steps.mark_latest(url, "acme")
@@ -124,7 +123,6 @@ def _crafted_answers_to_payload(url: str) -> None:
     for key in keys:
         steps.extract_mentions(url, key)
         steps.extract_run_citations(url, key)
-        steps.extract_untracked(url, key)
         steps.compute_metrics(url, key)
     payload = steps.build_analytics(url, "acme").payload
     assert count(url, ModelCall) == calls
@@ -190,7 +188,7 @@ def test_rematerializing_after_an_extractor_change_recomputes_history_without_mo
             run.answer_text = f"{run.answer_text}\n- **Mixpanel**: also good, https://www.g2.com/x"
     for key in keys:  # what the current extractors store
         steps.extract_run_citations(url, key)
-        steps.extract_untracked(url, key)
+        steps.compute_metrics(url, key)
 
     def stored() -> tuple[list[Any], list[Any]]:
         with session_scope(url) as session:
@@ -229,11 +227,11 @@ def test_rematerializing_after_an_extractor_change_recomputes_history_without_mo
                 partition_key=key,
                 instance=instance,
                 resources=_resources(url),
-                selection=[va.run_citations, va.run_untracked_companies, va.competitive_metrics],
+                selection=[va.run_citations, va.competitive_metrics],
             )
             assert result.success
             assert (
-                result.asset_materializations_for_node("run_untracked_companies")[0]
+                result.asset_materializations_for_node("competitive_metrics")[0]
                 .metadata["history_runs"]
                 .value
                 == 1

@@ -216,34 +216,14 @@ UNTRACKED_COLUMNS = [
 ]
 
 
-# No model call (claims are read as stored), so no llm pool: it runs as soon as run_claims is done.
 @_question_run_asset(
-    description="Finds the companies the answers and claims name that the org does not track.",
+    description="Computes per-company metrics and untracked companies of the run and completes its cycle item.",
     kinds={"python", "sql"},
-    deps=[question_run, run_claims],
+    deps=[run_mentions, run_citations, run_claims],
     retry_policy=DB_RETRY,
-    code_version=UNTRACKED_VERSION,
-)
-def run_untracked_companies(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
-    with question_run_step(context, app_db, "run_untracked_companies", DB_RETRY):
-        summary = steps.extract_untracked(app_db.resolved_url, context.partition_key)
-    return dg.MaterializeResult(
-        metadata={
-            ROW_COUNT: summary["untracked"],
-            "untracked": summary["untracked"],
-            "history_runs": summary["history_runs"],
-            # Names written by a model: a table of plain text cells, never markdown.
-            "names": table(UNTRACKED_COLUMNS, summary["names"]),
-        }
-    )
-
-
-@_question_run_asset(
-    description="Computes per-company competitive metrics of the run and completes its cycle item.",
-    kinds={"python", "sql"},
-    deps=[run_mentions, run_citations, run_claims, run_untracked_companies],
-    retry_policy=DB_RETRY,
-    code_version=METRICS_VERSION,
+    # The untracked-company extractor runs in this step (see steps.compute_metrics): its version is
+    # part of the code version, so a change to either shows the asset as changed.
+    code_version=f"{METRICS_VERSION}/{UNTRACKED_VERSION}",
 )
 def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
     with question_run_step(context, app_db, "competitive_metrics", DB_RETRY):
@@ -254,6 +234,9 @@ def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) 
             "mentioned_count": len(summary["mentioned"]),
             "cited": dg.MetadataValue.json(summary["cited"]),
             "positions": dg.MetadataValue.json(summary["positions"]),
+            "history_runs": summary["history_runs"],
+            "untracked": summary["untracked"],
+            "untracked_companies": table(UNTRACKED_COLUMNS, summary["untracked_names"]),
         }
     )
 
@@ -452,7 +435,6 @@ question_run_assets = [
     run_mentions,
     run_citations,
     run_claims,
-    run_untracked_companies,
     competitive_metrics,
 ]
 org_assets = [latest_runs, org_analytics, analytics_push]
