@@ -6,7 +6,7 @@ the head of a list item (`1. Mixpanel: ...`, `- **PostHog** - ...`), a bold span
 and either side of `X vs Y`. Generic words (a stop list: "Pros", "Key Features", "Open Source"...)
 are dropped, and so is any name in which a tracked company's name or alias matches as a whole word
 (mentions.find_mentions, the matching the mention rates use). Bump UNTRACKED_VERSION when any rule
-changes: it is the run_untracked_companies asset's code_version.
+changes: it is part of the competitive_metrics asset's code_version (the step that runs it).
 """
 
 import re
