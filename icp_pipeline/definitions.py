@@ -2,6 +2,9 @@
 
 import dagster as dg
 
+# Steps waiting for a pool slot retry every 0.2 s and sleep in between, whatever the event log
+# (imported for its effect; see the module).
+import icp_pipeline.instance.pool_wait  # noqa: F401
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule
 from icp_pipeline.defs.operations.sensors import partition_sync_sensor, run_failure_alert_sensor
 from icp_pipeline.defs.resources import resources_from_env

@@ -38,6 +38,7 @@ def cmd_db_upgrade(_args: argparse.Namespace) -> int:
 
 def cmd_org_load(args: argparse.Namespace) -> int:
     from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.segments.questions import active_segment_questions
     from icp_pipeline.visibility.org_file import (
         OrgFileError,
         cycle_estimate,
@@ -61,6 +62,11 @@ def cmd_org_load(args: argparse.Namespace) -> int:
 
     ensure_schema()
     with session_scope() as session:
+        # The limit counts the questions a cycle asks: the file's and the active ones from segment ICPs.
+        generated = active_segment_questions(session, spec.id)
+        too_large = large_cycle_problem(spec, generated)
+        if too_large and not getattr(args, "allow_large", False):
+            return _fail(str(OrgFileError(args.file, [too_large])), 2)
         before = evidence_fingerprint(session, spec.id)
         changes = upsert_org(session, spec)
         session.flush()
@@ -70,9 +76,11 @@ def cmd_org_load(args: argparse.Namespace) -> int:
         asked = f"samples per model {'/'.join(map(str, samples))}, "
     else:
         asked = f"{samples[0]} samples, " if samples[0] > 1 else ""
+    from_segments = f" + {generated} from segment ICPs" if generated else ""
     _print(
         f"org {spec.id}: {len(spec.competitors) + 1} companies, {len(spec.models)} models, {len(spec.locations)} "
-        f"locations, {len(spec.question_specs())} questions ({asked}{runs_per_cycle(spec)} question runs per cycle); "
+        f"locations, {len(spec.question_specs())} questions{from_segments} ({asked}"
+        f"{runs_per_cycle(spec, generated)} question runs per cycle); "
         f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
     )
     # At list prices as if every non-offline model is called for real (without an API key a provider's
@@ -251,6 +259,43 @@ def cmd_org_keys(args: argparse.Namespace) -> int:
         )
     for key in keys:
         print(key)
+    return 0
+
+
+def cmd_org_questions(args: argparse.Namespace) -> int:
+    """Every question of the org: source (file or segment), segment, status and partition keys; with
+    --approve, activate proposed questions first (they join the next cycle, or the sensor adds them to
+    the latest)."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.segments.questions import QuestionApprovalError, approve_questions, question_listing
+    from icp_pipeline.visibility.cycles import require_org
+
+    ensure_schema()
+    with session_scope() as session:
+        require_org(session, args.org)
+        if args.approve:
+            try:
+                approved = approve_questions(session, args.org, args.approve)
+            except QuestionApprovalError as error:
+                return _fail(f"nothing approved: {error}")
+            if not args.json:
+                _print(f"approved {len(approved)} question(s): {', '.join(approved)}")
+        listing = question_listing(session, args.org)
+    if args.json:
+        _print(json.dumps(listing, indent=2, sort_keys=True))
+        return 0
+    for row in listing:
+        segment = f" segment {row['segment']}" if row["segment"] else ""
+        role = f" ({row['persona_role']})" if row["persona_role"] else ""
+        _print(f"{row['key']}  [{row['source']}{segment}, {row['status']}]{role}")
+        _print(f"    {row['text']}")
+        for key in row["partition_keys"]:
+            _print(f"    {key}")
+    counts = {}
+    for row in listing:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+    _print(f"{len(listing)} questions: {summary}")
     return 0
 
 
@@ -560,6 +605,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the keys that failed in the latest cycle (for `dagster job backfill --partitions`)",
     )
     keys.set_defaults(func=cmd_org_keys)
+    questions = org.add_parser(
+        "questions",
+        help="list every question (source file or segment, segment, status, partition keys); approve proposed ones",
+    )
+    questions.add_argument("org", help=ORG_ID_HELP)
+    questions.add_argument("--json", action="store_true", help="as JSON instead of text")
+    questions.add_argument(
+        "--approve",
+        nargs="+",
+        metavar="KEY",
+        help="activate these proposed questions (keys as listed, e.g. s-1a2b3c4d5e6f) before listing",
+    )
+    questions.set_defaults(func=cmd_org_questions)
     report = org.add_parser("report", help="print the latest analytics")
     report.add_argument("org", help=ORG_ID_HELP)
     report.add_argument("--json", action="store_true", help="the analytics payload as pushed, as JSON")

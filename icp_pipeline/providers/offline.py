@@ -57,13 +57,16 @@ class OfflineProvider:
                 retryable=False,
             )
         structured = _STRUCTURED.get(request.purpose) if request.output_schema is not None else None
+        raw = {"synthetic": True, "provider": "offline"}
         if structured is not None:
             text, citations = structured(request), []
         else:
             text, citations = _synthetic_answer(request)
+            if request.web_search:
+                raw.update(_synthetic_searches(request))
         return ModelResponse(
             text=text,
-            raw={"synthetic": True, "provider": "offline", "output_text": text},
+            raw={**raw, "output_text": text},
             provider=request.provider,
             requested_model=request.model,
             response_model=f"offline-synthetic/{request.model}",
@@ -113,6 +116,56 @@ def _synthetic_answer(request: ModelRequest) -> tuple[str, list[SourceCitation]]
     if not chosen:
         lines.append("It depends on your stack; compare a few tools on a trial first.")
     return "\n".join(lines), citations
+
+
+_QUESTION_OPENING = re.compile(
+    r"^(what|which|who|how)\s+(is|are|do|does|can|should)?\s*(the\s+)?(some\s+)?", re.IGNORECASE
+)
+
+
+def _synthetic_searches(request: ModelRequest) -> dict:
+    """The web searches of a web-search answer, in the raw shape of the request's provider (what
+    search_queries reads), so the fan-out shows offline. Their own random stream: the answer is the
+    same with or without them. Related questions share their first query across models."""
+    question = request.prompt.split("\n", 1)[0].strip().rstrip("?").strip()
+    core = _QUESTION_OPENING.sub("", question) or question
+    rng = _rng(
+        "searches",
+        request.provider,
+        request.model,
+        request.country,
+        request.prompt,
+        request.offline_hints.get("sample", 0),
+    )
+    more = [f"{core} reviews", f"{core} pricing comparison", f"{core} alternatives"]
+    if request.country:
+        more.append(f"{core} {request.country}")
+    queries = [core, *rng.sample(more, rng.randint(0, 2))]
+    if request.provider == "anthropic":
+        return {
+            "content": [
+                {
+                    "type": "server_tool_use",
+                    "id": f"srvtoolu_offline_{i}",
+                    "name": "web_search",
+                    "input": {"query": query},
+                }
+                for i, query in enumerate(queries)
+            ]
+        }
+    if request.provider == "gemini":  # as the adapter stores it (parsed, snake_case)
+        return {"candidates": [{"grounding_metadata": {"web_search_queries": queries}}]}
+    return {
+        "output": [
+            {
+                "type": "web_search_call",
+                "id": f"ws_offline_{i}",
+                "status": "completed",
+                "action": {"type": "search", "query": query, "queries": [query]},
+            }
+            for i, query in enumerate(queries)
+        ]
+    }
 
 
 def _synthetic_claims(request: ModelRequest) -> str:
@@ -258,9 +311,66 @@ def _synthetic_comparison(request: ModelRequest) -> str:
     )
 
 
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
+
+
+def _synthetic_segment_questions(request: ModelRequest) -> str:
+    """Buyer questions in the segment's own words: its pains, jobs, triggers, vocabulary and channels
+    (from the profile in the hints), each asked by a role of its buying committee."""
+    profile: dict = request.offline_hints.get("profile") or {}
+    segment = str(request.offline_hints.get("segment") or profile.get("segment_name") or "our team")
+    count = int(request.offline_hints.get("count", 5))
+    rng = _rng("segment_questions", request.model, request.prompt)
+
+    def pick(name: str, fallback: str) -> str:
+        values = [str(v) for v in profile.get(name) or [] if str(v).strip()]
+        return _lower_first(rng.choice(values)) if values else fallback
+
+    roles = [r.get("role") for r in (profile.get("buying_committee") or {}).get("roles", []) if r.get("role")]
+    who = _lower_first(segment)
+    templates = [
+        lambda: (
+            f"What is the best tool for {who} to {_lower_first(pick('jobs_to_be_done', 'get answers from data'))}?"
+        ),
+        lambda: (
+            f"We keep running into {pick('pains', 'slow reporting')}: which {pick('vocabulary', 'analytics')} "
+            f"tool do {who} recommend?"
+        ),
+        lambda: (
+            f"After {pick('buying_triggers', 'a new funding round')}, which {pick('vocabulary', 'analytics')} "
+            f"platform should {who} evaluate first?"
+        ),
+        lambda: (
+            f"Which products for {pick('vocabulary', 'analytics')} get recommended in "
+            f"{pick('research_channels', 'peer communities')} for {who}?"
+        ),
+        lambda: (
+            f"How do {who} fix {pick('pains', 'data spread across tools')} without "
+            f"{pick('objections', 'a long implementation')}?"
+        ),
+        lambda: (
+            f"Which alternatives to {pick('current_alternatives', 'spreadsheets')} do {who} use for "
+            f"{pick('vocabulary', 'analytics')}?"
+        ),
+    ]
+    questions: list[dict] = []
+    seen: set[str] = set()
+    for attempt in range(count * 10):
+        text = templates[attempt % len(templates)]()
+        if text.lower() in seen:
+            continue
+        seen.add(text.lower())
+        questions.append({"text": text, "persona_role": rng.choice(roles) if roles else None})
+        if len(questions) == count:
+            break
+    return json.dumps({"questions": questions})
+
+
 _STRUCTURED = {
     "claims": _synthetic_claims,
     "segments": _synthetic_segments,
     "icp": _synthetic_icp,
     "site_summary": _synthetic_comparison,
+    "segment_questions": _synthetic_segment_questions,
 }

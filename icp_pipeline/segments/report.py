@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import Segment, SegmentResult, SiteSummary
+from icp_pipeline.db.models import AnalyticsSnapshot, Org, Segment, SegmentResult, SiteSummary
 from icp_pipeline.segments.steps import active_segments, require_site
 
 
@@ -108,6 +108,88 @@ def _segment_entry(segment: Segment, result: SegmentResult | None) -> dict[str, 
     }
 
 
+def segment_visibility(session: Session, site_id: str, segments: list[Segment]) -> list[dict[str, Any]]:
+    """The gap view: per org whose `icp:` names the site and per segment, the target's mention rate and
+    share of voice over the runs of that segment's questions (`by_segment` of the org's latest
+    analytics) next to the segment's fit score. `gap` = fit score - mention rate: the site fits the
+    segment but assistants do not recommend it. Rows sorted by gap, largest first (unknown last)."""
+    fits = {
+        r.segment_id: (r.analysis or {}).get("fit_score")
+        for r in session.scalars(
+            select(SegmentResult).where(
+                SegmentResult.segment_id.in_([s.id for s in segments]), SegmentResult.success
+            )
+        )
+    }
+    rows = []
+    for org_id in session.scalars(select(Org.id).where(Org.icp_site_id == site_id).order_by(Org.id)):
+        snapshot = session.scalars(
+            select(AnalyticsSnapshot)
+            .where(AnalyticsSnapshot.org_id == org_id)
+            .order_by(AnalyticsSnapshot.cycle_id.desc())
+            .limit(1)
+        ).first()
+        by_segment = (snapshot.payload if snapshot else {}).get("by_segment") or {}
+        for segment in segments:
+            target = next((r for r in by_segment.get(str(segment.id), []) if r.get("is_target")), None)
+            fit = fits.get(segment.id)
+            rate = target.get("mention_rate") if target else None
+            rows.append(
+                {
+                    "org_id": org_id,
+                    "segment_id": segment.key,
+                    "name": segment.name,
+                    "fit_score": fit,
+                    "cycle_id": snapshot.cycle_id if snapshot else None,
+                    "runs": target.get("runs", 0) if target else 0,
+                    "mention_rate": rate,
+                    "mention_rate_ci": target.get("mention_rate_ci") if target else None,
+                    "share_of_voice": target.get("share_of_voice") if target else None,
+                    "share_of_voice_ci": target.get("share_of_voice_ci") if target else None,
+                    "gap": round(fit - rate, 6) if fit is not None and rate is not None else None,
+                }
+            )
+    rows.sort(key=lambda r: (r["gap"] is None, -(r["gap"] or 0), r["org_id"], r["segment_id"]))
+    return rows
+
+
+def site_visibility(db_url: str, site_id: str) -> list[dict[str, Any]]:
+    """segment_visibility over the site's active segments, in its own transaction."""
+    from icp_pipeline.db.session import session_scope
+
+    with session_scope(db_url) as session:
+        return segment_visibility(session, site_id, active_segments(session, site_id))
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, int | float) else "–"
+
+
+def _interval(interval: Any) -> str:
+    return f" [{_percent(interval[0])}, {_percent(interval[1])}]" if interval else ""
+
+
+def visibility_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The gap view as lines for a terminal."""
+    if not rows:
+        return ["No org names this site in its `icp:` block: no visibility per segment yet."]
+    lines = []
+    for row in rows:
+        if not row["runs"]:
+            seen = "no runs of its questions yet" if row["cycle_id"] else "no analytics yet"
+            lines.append(
+                f"{row['org_id']} / {row['name']} [{row['segment_id']}]: fit {_score(row['fit_score'])}, {seen}"
+            )
+            continue
+        lines.append(
+            f"{row['org_id']} / {row['name']} [{row['segment_id']}]: fit {_score(row['fit_score'])}, "
+            f"mention rate {_percent(row['mention_rate'])}{_interval(row['mention_rate_ci'])}, "
+            f"share of voice {_percent(row['share_of_voice'])}{_interval(row['share_of_voice_ci'])} "
+            f"over {row['runs']} runs; gap {_score(row['gap'])}"
+        )
+    return lines
+
+
 def site_report(session: Session, site_id: str, segment_ids: list[str] | None = None) -> dict[str, Any]:
     """The site's active segments with their latest build, and the stored site summary.
     Raises UnknownSite, or UnknownSegment for an id in `segment_ids` the site does not have."""
@@ -147,6 +229,7 @@ def site_report(session: Session, site_id: str, segment_ids: list[str] | None = 
         "site": {"id": site.id, "name": site.name, "url": site.url},
         "segments": [_segment_entry(s, results.get(s.id)) for s in segments],
         "summary": summary,
+        "visibility": segment_visibility(session, site_id, segments),
     }
 
 
@@ -189,4 +272,7 @@ def report_text(report: dict[str, Any]) -> str:
             lines.append("Recommendations: " + _join(summary["recommendations"]))
         for warning in summary["warnings"]:
             lines.append(f"Warning: {warning}")
+    if "visibility" in report:
+        lines.append("\n## Visibility per segment (gap = fit score - the target's mention rate)")
+        lines += visibility_lines(report["visibility"])
     return "\n".join(lines)

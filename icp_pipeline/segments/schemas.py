@@ -101,3 +101,14 @@ class SiteComparison(BaseModel):
     ranking: list[RankedSegment] = []
     overlaps: list[SegmentOverlap] = []
     recommendations: list[str] = []
+
+
+class GeneratedQuestion(BaseModel):
+    """A buyer question in a segment's own words, and the buying-committee role who would ask it."""
+
+    text: Annotated[str, Field(min_length=3, max_length=500)]
+    persona_role: Annotated[str, Field(max_length=200)] | None = None
+
+
+class SegmentQuestions(BaseModel):
+    questions: Annotated[list[GeneratedQuestion], Field(min_length=1, max_length=20)]

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from icp_pipeline.terminal import inert
-from icp_pipeline.visibility import evidence, stats
+from icp_pipeline.visibility import evidence, search_queries, stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
 # analytics-4: computed in the database (rollup.py); orgs above stats.BOOTSTRAP_MAX_RUNS latest runs
@@ -43,6 +43,8 @@ class RunFacts:
     citations: list[tuple[str, str | None, bool]] = field(default_factory=list)
     # The run's untracked companies: (name_key, name, source, occurrences).
     untracked: list[tuple[str, str, str, int]] = field(default_factory=list)
+    search_queries: list[str] = field(default_factory=list)  # normalised, in the order issued
+    segment: str | None = None  # the id (as a string) of the segment whose ICP proposed the question
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,14 @@ def question_stats(
         for company, row in zip(companies, rows, strict=True):
             row["stability"] = stability(company.company_id, question_runs)
     return by_question
+
+
+def segment_stats(
+    companies: list[CompanyInfo], runs: list[RunFacts], min_runs: int = DEFAULT_MIN_RUNS
+) -> dict[str, list[dict[str, Any]]]:
+    """`by_segment`: the company rows per segment over the runs of its questions (file questions'
+    runs have no segment and are left out)."""
+    return _grouped(companies, [r for r in runs if r.segment is not None], "segment", min_runs)
 
 
 def change_since(current: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -289,6 +299,7 @@ def compute_analytics(
         "by_model": _grouped(companies, runs, "model", min_runs),
         "by_location": _grouped(companies, runs, "location", min_runs),
         "by_question": question_stats(companies, runs, min_runs),
+        "by_segment": segment_stats(companies, runs, min_runs),
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(runs),
@@ -303,6 +314,9 @@ def compute_analytics(
         # More than one model judged the claims: sentiment compared across answering models then mixes
         # answer bias with grader bias.
         "mixed_graders": len(graders or []) > 1,
+        "search_queries": search_queries.search_query_stats(
+            (r.run_id, r.model, r.search_queries) for r in runs
+        ),
     }
 
 

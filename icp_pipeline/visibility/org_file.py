@@ -130,6 +130,20 @@ class QuestionSpec(_Strict):
     text: Annotated[str, Field(min_length=3, max_length=2000), visible("\n\t")]
 
 
+# Questions a segment's ICP may propose (org file `icp.questions_per_segment`).
+MAX_QUESTIONS_PER_SEGMENT = 20
+SITE_ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class IcpSpec(_Strict):
+    """`icp:`: the site whose segment ICPs propose buyer questions for this org."""
+
+    site: Annotated[str, Field(pattern=SITE_ID)]
+    questions_per_segment: Annotated[int, Field(ge=1, le=MAX_QUESTIONS_PER_SEGMENT, strict=True)] = 5
+    # auto: asked from the next cycle on; review: proposed until `org questions ORG --approve ID`.
+    activate: Literal["auto", "review"] = "auto"
+
+
 class OrgSpec(_Strict):
     id: str
     name: NonEmpty
@@ -151,6 +165,8 @@ class OrgSpec(_Strict):
     grader: GraderSpec | None = None
     # Domains the org files under a citation category, before the built-in table.
     source_categories: SourceCategoriesSpec = SourceCategoriesSpec()
+    # Unset: no questions come from segment ICPs.
+    icp: IcpSpec | None = None
 
     @field_validator("id")
     @classmethod
@@ -500,10 +516,12 @@ def org_warnings(spec: OrgSpec) -> list[str]:
 # --- Cycle size --------------------------------------------------------------------------------------
 
 
-def runs_per_cycle(spec: OrgSpec) -> int:
-    """Question runs a cycle of this org opens: questions x locations x each model's samples."""
+def runs_per_cycle(spec: OrgSpec, segment_questions: int = 0) -> int:
+    """Question runs a cycle of this org opens: questions x locations x each model's samples. The
+    questions are the file's plus `segment_questions` (active questions generated from segment ICPs,
+    which the database holds, not the file)."""
     samples = sum(map(spec.samples_of, spec.models))
-    return len(spec.question_specs()) * len(spec.locations) * samples
+    return (len(spec.question_specs()) + segment_questions) * len(spec.locations) * samples
 
 
 def cycle_estimate(spec: OrgSpec) -> estimate.PurchaseEstimate:
@@ -526,9 +544,9 @@ def cycle_estimate(spec: OrgSpec) -> estimate.PurchaseEstimate:
     return total
 
 
-def large_cycle_problem(spec: OrgSpec) -> str | None:
+def large_cycle_problem(spec: OrgSpec, segment_questions: int = 0) -> str | None:
     """Why a cycle of this org is larger than MAX_RUNS_PER_CYCLE, with its estimated cost; None if not."""
-    runs = runs_per_cycle(spec)
+    runs = runs_per_cycle(spec, segment_questions)
     if runs <= MAX_RUNS_PER_CYCLE:
         return None
     return (
@@ -606,6 +624,9 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         "budget_usd": spec.budget_usd,
         "grader_provider": spec.grader.provider if spec.grader else None,
         "grader_model": spec.grader.model if spec.grader else None,
+        "icp_site_id": spec.icp.site if spec.icp else None,
+        "icp_questions_per_segment": spec.icp.questions_per_segment if spec.icp else 5,
+        "icp_activate": spec.icp.activate if spec.icp else "auto",
     }
     if hasattr(
         Org, "source_categories"
@@ -621,10 +642,10 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
     org.name = spec.name
     org.config_sha256 = digest
 
-    def sync(model: type, existing_key: str, wanted: dict[str, dict[str, Any]]) -> None:
+    def sync(model: type, existing_key: str, wanted: dict[str, dict[str, Any]], *where: Any) -> None:
         rows = {
             getattr(row, existing_key): row
-            for row in session.scalars(select(model).where(model.org_id == spec.id))
+            for row in session.scalars(select(model).where(model.org_id == spec.id, *where))
         }
         for key, values in wanted.items():
             row = rows.get(key)
@@ -640,6 +661,8 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         for key, row in rows.items():
             if key not in wanted and row.active:
                 row.active = False
+                if model is Question:
+                    row.status = "retired"
                 changes["deactivated"] += 1
 
     companies = {
@@ -667,19 +690,23 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         },
     )
     sync(OrgLocation, "country_code", {code: {} for code in spec.locations})
+    # The file manages its own questions only: questions generated from segment ICPs (keys `s-...`,
+    # never `q-...`) are kept, retired or approved by segment_questions and `org questions`.
+    from_file = Question.source == "file"
     existing = session.execute(
-        select(Question.key, Question.text, Question.active).where(Question.org_id == spec.id)
+        select(Question.key, Question.text, Question.active).where(Question.org_id == spec.id, from_file)
     ).all()
     questions = spec.question_specs()
     sync(
         Question,
         "key",
         {
-            key: {"text": q.text, "position": position}
+            key: {"text": q.text, "position": position, "status": "active"}
             for position, (key, q) in enumerate(
                 zip(question_keys(questions, existing), questions, strict=True)
             )
         },
+        from_file,
     )
     session.flush()
     return changes

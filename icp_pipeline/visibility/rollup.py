@@ -36,7 +36,7 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.visibility import analytics as analytics_lib
-from icp_pipeline.visibility import evidence, stats
+from icp_pipeline.visibility import evidence, search_fanout, segment_analytics, stats
 
 CELL = ["question", "model", "location"]
 # The breakdowns of the payload, each a column of the cells (None: the org as a whole).
@@ -512,6 +512,9 @@ def org_analytics(
         "by_model": breakdowns["model"],
         "by_location": breakdowns["location"],
         "by_question": breakdowns["question"],
+        "by_segment": segment_analytics.segment_breakdown(
+            session, org_id, latest, companies, min_runs, intervals
+        ),
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(session, latest),
@@ -524,6 +527,7 @@ def org_analytics(
             for g in sorted(graders, key=lambda g: g.model)
         ],
         "mixed_graders": len(graders) > 1,
+        "search_queries": search_fanout.search_query_stats(session, latest),
     }
 
 

@@ -53,6 +53,7 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
                 QuestionRun.sample_index,
                 QuestionRun.synthetic,
                 CycleItem.partition_key,
+                Question.segment_id,
             )
             .join(Question, Question.id == QuestionRun.question_id)
             .join(CycleItem, CycleItem.id == QuestionRun.cycle_item_id)
@@ -75,6 +76,7 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
                 question=r.key,
                 sample_index=r.sample_index,
                 partition_key=r.partition_key,
+                segment=None if r.segment_id is None else str(r.segment_id),
             )
             for r in runs
         }

@@ -161,7 +161,7 @@ def test_every_asset_declares_group_kinds_description_and_pools(sqlite_app: str)
     from icp_pipeline_tests.support.pipeline import pipeline_defs
 
     assets = list(pipeline_defs(sqlite_app).assets)
-    assert len(assets) == 13
+    assert len(assets) == 15
     for asset in assets:
         spec = next(iter(asset.specs))
         assert spec.group_name in ("question_runs", "org_rollups", "icp_segments")
@@ -173,6 +173,7 @@ def test_every_asset_declares_group_kinds_description_and_pools(sqlite_app: str)
         "run_claims",
         "site_segments",
         "segment_icp",
+        "segment_questions",
         "site_icp_summary",
     }
 

@@ -20,6 +20,7 @@ from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION
 from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
+from icp_pipeline.visibility.search_queries import SEARCH_QUERIES_VERSION
 from icp_pipeline_tests.conftest import example_org_data, load_example
 from icp_pipeline_tests.support.pipeline import count
 
@@ -256,6 +257,7 @@ def test_versioned_logic_carries_its_code_version() -> None:
         va.run_mentions: MENTIONS_VERSION,
         va.run_citations: CITATIONS_VERSION,
         va.run_claims: CLAIMS_VERSION,
+        va.run_search_queries: SEARCH_QUERIES_VERSION,
         va.competitive_metrics: METRICS_VERSION,
         va.org_analytics: ANALYTICS_VERSION,
     }

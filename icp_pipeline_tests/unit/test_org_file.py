@@ -59,7 +59,7 @@ def test_example_file_parses() -> None:
     assert [(m.provider, m.model, m.web_search) for m in spec.models] == [
         ("openai", "gpt-4o-mini", False),
         ("anthropic", "claude-haiku-4-5", False),
-        ("gemini", "gemini-2.5-flash", False),
+        ("gemini", "gemini-2.5-flash", True),
     ]
     assert spec.locations == ["US", "DE", "FR"]
     assert spec.samples == 3 and all(m.samples is None for m in spec.models)

@@ -16,6 +16,7 @@ from icp_pipeline.defs.segments.partitions import segments_partitions, sites_par
 from icp_pipeline.defs.visibility.jobs import org_cycle_job, question_run_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.segments import steps as segment_steps
+from icp_pipeline.segments.questions import segments_needing_questions
 from icp_pipeline.segments.steps import desired_site_partitions, sites_ready_for_summary, unbuilt_segments
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import (
@@ -54,6 +55,8 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
             context.log.info(f"cycle {cycle_id}: {added} new question runs joined it")
         pending = pending_items(session)
         unbuilt = unbuilt_segments(session)
+        # Segments built before an org named their site: the job reuses the ICP and adds the questions.
+        questions = segments_needing_questions(session)
         summaries = sites_ready_for_summary(session)
     partition_requests = [
         *partition_diff(context.instance, orgs_partitions, orgs),
@@ -80,6 +83,11 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
         dg.RunRequest(job_name=segment_icp_job.name, partition_key=key, run_key=f"first-build-{key}")
         for key in unbuilt
         if key in segments
+    ]
+    runs += [
+        dg.RunRequest(job_name=segment_icp_job.name, partition_key=key, run_key=f"questions-{key}-{marker}")
+        for key, marker in questions
+        if key in segments and key not in unbuilt
     ]
     runs += [
         dg.RunRequest(job_name=site_summary_job.name, partition_key=site, run_key=f"summary-{site}-{marker}")

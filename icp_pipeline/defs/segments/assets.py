@@ -14,7 +14,8 @@ from icp_pipeline.defs.segments.partitions import segments_partitions, sites_par
 from icp_pipeline.providers.base import ProviderError
 from icp_pipeline.segments import steps
 from icp_pipeline.segments.comparison import COMPARISON_VERSION
-from icp_pipeline.segments.report import profile_fields, profile_text
+from icp_pipeline.segments.questions import QUESTIONS_VERSION, generate_segment_questions
+from icp_pipeline.segments.report import profile_fields, profile_text, site_visibility
 from icp_pipeline.segments.schemas import ICP_VERSION
 from icp_pipeline.segments.steps import BuildOptions
 
@@ -186,8 +187,22 @@ def site_icp_summary(
         "cost_usd": summary["cost_usd"],
         "synthetic": summary["synthetic"],
         "segments": table(SEGMENT_COLUMNS, summary["segments"]),
+        # The gap view: where the site fits a segment but assistants do not recommend the target.
+        "visibility": table(VISIBILITY_COLUMNS, site_visibility(app_db.resolved_url, context.partition_key)),
     }
     return dg.MaterializeResult(metadata=known(metadata))
+
+
+VISIBILITY_COLUMNS = [
+    ("org_id", "string", "An org whose `icp:` names this site"),
+    ("segment_id", "string", "The segment's key"),
+    ("name", "string", "The segment's name"),
+    ("fit_score", "float", "How well the site serves the segment"),
+    ("runs", "int", "Latest runs of the segment's questions in the org's latest analytics"),
+    ("mention_rate", "float", "Share of those runs that mention the org's target"),
+    ("share_of_voice", "float", "The target's share of the mentions in those runs"),
+    ("gap", "float", "fit_score - mention_rate: fits, but assistants do not recommend it"),
+]
 
 
 # Segment names (model text or the site file's) and errors are cells of data, shown as they are.
@@ -203,4 +218,63 @@ SEGMENT_COLUMNS = [
 ]
 
 
-segment_assets = [site_segments, segment_icp, site_icp_summary]
+@_icp_asset(
+    segments_partitions,
+    "Turns the segment's ICP into buyer questions of every org whose `icp:` names the site; bought once per ICP.",
+    deps=[segment_icp],
+    code_version=QUESTIONS_VERSION,
+)
+def segment_questions(
+    context: dg.AssetExecutionContext, app_db: AppDatabase, models: ModelProviderResource
+) -> dg.MaterializeResult:
+    with segment_step(context):
+        outcome = generate_segment_questions(
+            app_db.resolved_url,
+            context.partition_key,
+            models.provider_for,
+            claimant=purchase_claimant(context),
+        )
+    orgs = outcome["orgs"]
+    if outcome.get("skipped"):
+        context.log.info(f"no questions generated: {outcome['skipped']}")
+    metadata = {
+        "segment": text(outcome["segment"]),
+        "skipped": outcome.get("skipped"),
+        "model_calls": outcome["model_calls"],
+        "reused_purchases": outcome["reused"],
+        "orgs": len(orgs),
+        "added": sum(o.added for o in orgs),
+        "kept": sum(o.kept + o.revived for o in orgs),
+        "retired": sum(o.retired for o in orgs),
+        "duplicates": sum(o.duplicates for o in orgs),
+        "by_org": table(
+            QUESTION_COLUMNS,
+            [
+                {
+                    "org_id": o.org_id,
+                    "status": o.status,
+                    "added": o.added,
+                    "kept": o.kept + o.revived,
+                    "retired": o.retired,
+                    "duplicates": o.duplicates,
+                    "over_limit": o.over_limit,
+                }
+                for o in orgs
+            ],
+        ),
+    }
+    return dg.MaterializeResult(metadata=known(metadata))
+
+
+QUESTION_COLUMNS = [
+    ("org_id", "string", "An org whose `icp:` names the segment's site"),
+    ("status", "string", "What new questions got: active (auto) or proposed (review)"),
+    ("added", "int", "New questions"),
+    ("kept", "int", "Questions of this segment proposed again"),
+    ("retired", "int", "Questions of this segment no longer proposed (inactive, history kept)"),
+    ("duplicates", "int", "Proposals equal (normalised) to another question of the org"),
+    ("over_limit", "int", "Left proposed: activating them would pass the runs-per-cycle limit"),
+]
+
+
+segment_assets = [site_segments, segment_icp, segment_questions, site_icp_summary]

@@ -29,6 +29,8 @@ from icp_pipeline.visibility.cycles import UnknownOrg, open_cycle
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION
 from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.push import PushFailed, push_snapshot
+from icp_pipeline.visibility.search_fanout import extract_run_search_queries
+from icp_pipeline.visibility.search_queries import SEARCH_QUERIES_VERSION
 from icp_pipeline.visibility.untracked import UNTRACKED_VERSION
 
 QUESTION_RUNS_GROUP = "question_runs"
@@ -181,6 +183,28 @@ def run_citations(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
 
 
 @_question_run_asset(
+    description="Stores the web searches the assistant ran for the answer, read from its raw responses.",
+    kinds={"python", "sql"},
+    deps=[question_run],
+    retry_policy=DB_RETRY,
+    code_version=SEARCH_QUERIES_VERSION,
+)
+def run_search_queries(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
+    with question_run_step(context, app_db, "run_search_queries", DB_RETRY):
+        summary = extract_run_search_queries(app_db.resolved_url, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            ROW_COUNT: summary["queries"],
+            "queries": summary["queries"],
+            "searches_without_query": summary["without_query"],
+            "queries_dropped": summary["dropped"],
+            # Provider output: data in a JSON list, never markdown.
+            "example_queries": dg.MetadataValue.json(summary["examples"]),
+        }
+    )
+
+
+@_question_run_asset(
     description="Extracts claims about companies with one structured-output call per run to the org's grader.",
     kinds={"python", "llm"},
     deps=[question_run, run_citations],
@@ -219,7 +243,8 @@ UNTRACKED_COLUMNS = [
 @_question_run_asset(
     description="Computes per-company metrics and untracked companies of the run and completes its cycle item.",
     kinds={"python", "sql"},
-    deps=[run_mentions, run_citations, run_claims],
+    # run_search_queries too: this step completes the cycle item, and the roll-up must find its rows.
+    deps=[run_mentions, run_citations, run_claims, run_search_queries],
     retry_policy=DB_RETRY,
     # The untracked-company extractor runs in this step (see steps.compute_metrics): its version is
     # part of the code version, so a change to either shows the asset as changed.
@@ -435,6 +460,7 @@ question_run_assets = [
     run_mentions,
     run_citations,
     run_claims,
+    run_search_queries,
     competitive_metrics,
 ]
 org_assets = [latest_runs, org_analytics, analytics_push]
