@@ -58,6 +58,8 @@ def cmd_org_load(args: argparse.Namespace) -> int:
     too_large = large_cycle_problem(spec)
     if too_large and not getattr(args, "allow_large", False):
         return _fail(str(OrgFileError(args.file, [too_large])), 2)
+    from icp_pipeline.visibility.steps import evidence_fingerprint
+
     ensure_schema()
     with session_scope() as session:
         # The limit counts the questions a cycle asks: the file's and the active ones from segment ICPs.
@@ -65,7 +67,10 @@ def cmd_org_load(args: argparse.Namespace) -> int:
         too_large = large_cycle_problem(spec, generated)
         if too_large and not getattr(args, "allow_large", False):
             return _fail(str(OrgFileError(args.file, [too_large])), 2)
+        before = evidence_fingerprint(session, spec.id)
         changes = upsert_org(session, spec)
+        session.flush()
+        after = evidence_fingerprint(session, spec.id)
     samples = [spec.samples_of(m) for m in spec.models]
     if len(set(samples)) > 1:
         asked = f"samples per model {'/'.join(map(str, samples))}, "
@@ -81,7 +86,40 @@ def cmd_org_load(args: argparse.Namespace) -> int:
     # At list prices as if every non-offline model is called for real (without an API key a provider's
     # models run offline and cost nothing).
     _print(f"a full cycle buys {cycle_estimate(spec).describe()}")
+    if before != after and before[0]:  # an org loaded for the first time has no history
+        _recompute_history(spec.id, getattr(args, "no_recompute", False))
     return 0
+
+
+def _recompute_history(org_id: str, skip: bool) -> None:
+    """The companies or source categories changed: recompute the stored runs' mentions, citations,
+    claims' companies, untracked companies and metrics (no model call), then the latest analytics."""
+    from icp_pipeline.db.session import session_scope
+    from icp_pipeline.settings import database_url
+    from icp_pipeline.visibility.cycles import latest_cycle
+    from icp_pipeline.visibility.steps import build_analytics, latest_snapshot, recompute_history
+
+    if skip:
+        _print(
+            f"companies changed: history not recomputed (--no-recompute); re-materialize run_mentions .. "
+            f"competitive_metrics for the org's partitions (`icp-pipeline org keys {org_id}`), then org_analytics"
+        )
+        return
+    url = database_url()
+    done = recompute_history(url, org_id)
+    with session_scope(url) as session:
+        cycle, snapshot = latest_cycle(session, org_id), latest_snapshot(session, org_id)
+        rebuilt = cycle is not None and snapshot is not None and snapshot.cycle_id == cycle.id
+    if rebuilt:
+        build_analytics(url, org_id)
+    _print(
+        f"companies changed: recomputed {done['runs']} stored runs without a model call"
+        + (
+            "; latest analytics rebuilt (push them with `icp-pipeline org push " + org_id + "`)"
+            if rebuilt
+            else ""
+        )
+    )
 
 
 def _print_analytics(payload: dict) -> None:
@@ -277,6 +315,38 @@ def cmd_org_report(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
         _print_analytics(payload)
+    return 0
+
+
+def cmd_org_suggest_competitors(args: argparse.Namespace) -> int:
+    """The companies the latest answers name that the org does not track, most runs first."""
+    from icp_pipeline.db.session import ensure_schema, session_scope
+    from icp_pipeline.visibility.cycles import require_org
+    from icp_pipeline.visibility.evidence import untracked_companies
+    from icp_pipeline.visibility.rollup import latest_runs
+
+    ensure_schema()
+    with session_scope() as session:
+        require_org(session, args.org)
+        rows = untracked_companies(session, latest_runs(args.org), limit=args.limit)
+    if args.json:
+        # JSON escapes control characters itself; names stay as the models wrote them.
+        print(json.dumps(rows, indent=2, ensure_ascii=True))
+        return 0
+    if not rows:
+        _print(f"org {args.org}: no untracked company in the latest runs")
+        return 0
+    _print(f"org {args.org}: companies the latest answers name that the org file does not track")
+    _print(f"{'runs':>5} {'mentions':>8} {'claims':>6}  {'sources':<10}  name (example runs)")
+    for row in rows:
+        # Model-written names: _print removes escapes and invisible characters.
+        _print(
+            f"{row['runs']:>5} {row['mentions']:>8} {row['claims']:>6}  {','.join(row['sources']):<10}  "
+            f"{row['name']}  ({', '.join(row['example_runs'])})"
+        )
+    _print(
+        "add one to the org file's competitors and `org load` it: its history is recomputed, no model call"
+    )
     return 0
 
 
@@ -499,6 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load an org whose cycle exceeds the runs-per-cycle limit (its estimated cost is shown)",
     )
+    load.add_argument(
+        "--no-recompute",
+        action="store_true",
+        help="when the companies change, do not recompute the stored runs now (re-materialize instead)",
+    )
     load.set_defaults(func=cmd_org_load)
     run = org.add_parser("run", help="run one full cycle as Dagster runs")
     run.add_argument("org", help=ORG_ID_HELP)
@@ -547,6 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("org", help=ORG_ID_HELP)
     report.add_argument("--json", action="store_true", help="the analytics payload as pushed, as JSON")
     report.set_defaults(func=cmd_org_report)
+    suggest = org.add_parser(
+        "suggest-competitors",
+        help="list the companies the latest answers name that the org does not track (runs, mentions)",
+    )
+    suggest.add_argument("org", help=ORG_ID_HELP)
+    suggest.add_argument("--json", action="store_true", help="as JSON instead of a table")
+    suggest.add_argument("--limit", type=_workers, default=20, help="how many companies")
+    suggest.set_defaults(func=cmd_org_suggest_competitors)
     history = org.add_parser("history", help="print each company's rates per cycle with their intervals")
     history.add_argument("org", help=ORG_ID_HELP)
     history.add_argument("--json", action="store_true", help="as JSON instead of a table")

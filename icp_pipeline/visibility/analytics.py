@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from icp_pipeline.terminal import inert
-from icp_pipeline.visibility import search_queries, stats
+from icp_pipeline.visibility import evidence, search_queries, stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
 # analytics-4: computed in the database (rollup.py); orgs above stats.BOOTSTRAP_MAX_RUNS latest runs
@@ -38,6 +38,11 @@ class RunFacts:
     claim_sentiments: list[tuple[int | None, str]] = field(default_factory=list)
     question: str = ""  # the question's key
     sample_index: int = 0
+    partition_key: str = ""
+    # Every citation of the run, cited or retrieved only: (domain, category, cited), once per URL.
+    citations: list[tuple[str, str | None, bool]] = field(default_factory=list)
+    # The run's untracked companies: (name_key, name, source, occurrences).
+    untracked: list[tuple[str, str, str, int]] = field(default_factory=list)
     search_queries: list[str] = field(default_factory=list)  # normalised, in the order issued
     segment: str | None = None  # the id (as a string) of the segment whose ICP proposed the question
 
@@ -202,12 +207,22 @@ def citation_stats(runs: list[RunFacts]) -> dict[str, Any]:
         for _url, domain in run.cited_urls:
             per_domain[domain]["citations"] += 1
             per_domain[domain]["runs"].add(run.run_id)
+    categories = evidence.reference_domain_categories(runs)
     domains = [
-        {"domain": domain, "citations": stats["citations"], "runs": len(stats["runs"])}
+        {
+            "domain": domain,
+            "citations": stats["citations"],
+            "runs": len(stats["runs"]),
+            "category": categories.get(domain),
+        }
         for domain, stats in per_domain.items()
     ]
     domains.sort(key=lambda d: (-d["citations"], d["domain"]))
-    return {"total": sum(len(r.cited_urls) for r in runs), "domains": domains}
+    return {
+        "total": sum(len(r.cited_urls) for r in runs),
+        "domains": domains,
+        "by_category": evidence.reference_category_stats(runs),
+    }
 
 
 def sentiment_stats(companies: list[CompanyInfo], runs: list[RunFacts]) -> list[dict[str, Any]]:
@@ -288,6 +303,7 @@ def compute_analytics(
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(runs),
+        "untracked_companies": evidence.reference_untracked_companies(runs),
         "sentiment": sentiment_stats(companies, runs),
         "cost": cost_stats(calls),
         "grader": None if grader is None else {"provider": grader[0], "model": grader[1]},

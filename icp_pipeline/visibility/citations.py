@@ -4,7 +4,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-CITATIONS_VERSION = "citations-1"
+from icp_pipeline.visibility.source_categories import CATEGORY_TABLE_VERSION
+
+# citations-2: each citation gets its source category; the category table's version is part of it.
+CITATIONS_VERSION = f"citations-2/{CATEGORY_TABLE_VERSION}"
 
 _URL = re.compile(r"https?://[^\s<>\"'`\[\]{}|\\^]+", re.IGNORECASE)
 _TRAILING = ".,;:!?*_~'\""

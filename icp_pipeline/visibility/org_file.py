@@ -40,6 +40,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def _bare_domains(domains: list[str]) -> list[str]:
+    cleaned = []
+    for domain in domains:
+        value = domain.strip().lower().removeprefix("www.")
+        if not _DOMAIN.match(value):
+            raise ValueError(f"{shown(domain)} is not a bare domain such as acme.io")
+        cleaned.append(value)
+    return cleaned
+
+
 class CompanySpec(_Strict):
     name: NonEmpty
     aliases: Annotated[list[NonEmpty], Field(max_length=MAX_TERMS_PER_COMPANY)] = []
@@ -48,13 +58,41 @@ class CompanySpec(_Strict):
     @field_validator("domains")
     @classmethod
     def _domains(cls, domains: list[str]) -> list[str]:
-        cleaned = []
-        for domain in domains:
-            value = domain.strip().lower().removeprefix("www.")
-            if not _DOMAIN.match(value):
-                raise ValueError(f"{shown(domain)} is not a bare domain such as acme.io")
-            cleaned.append(value)
-        return cleaned
+        return _bare_domains(domains)
+
+
+# The org file's additions to the citation categories' domain table (source_categories.py).
+MAX_CATEGORY_DOMAINS = 200
+
+
+class SourceCategoriesSpec(_Strict):
+    """`source_categories: {review: [domain, ...], ...}`: owned and competitor come from the companies'
+    domains; `other` takes a domain out of the built-in table."""
+
+    review: Annotated[list[str], Field(max_length=MAX_CATEGORY_DOMAINS)] = []
+    ugc: Annotated[list[str], Field(max_length=MAX_CATEGORY_DOMAINS)] = []
+    reference: Annotated[list[str], Field(max_length=MAX_CATEGORY_DOMAINS)] = []
+    news_blog: Annotated[list[str], Field(max_length=MAX_CATEGORY_DOMAINS)] = []
+    other: Annotated[list[str], Field(max_length=MAX_CATEGORY_DOMAINS)] = []
+
+    @field_validator("review", "ugc", "reference", "news_blog", "other")
+    @classmethod
+    def _domains(cls, domains: list[str]) -> list[str]:
+        return _bare_domains(domains)
+
+    @model_validator(mode="after")
+    def _once(self) -> "SourceCategoriesSpec":
+        seen: dict[str, str] = {}
+        for category, domains in self.mapping().items():
+            for domain in domains:
+                if domain in seen:
+                    raise ValueError(f"{domain} is listed under both {seen[domain]} and {category}")
+                seen[domain] = category
+        return self
+
+    def mapping(self) -> dict[str, list[str]]:
+        """The categories that list a domain, as stored and given to source_categories.SourceClassifier."""
+        return {name: list(domains) for name, domains in self.model_dump().items() if domains}
 
 
 # An answer's output-token budget (reasoning included) set per model in the org file.
@@ -125,6 +163,8 @@ class OrgSpec(_Strict):
     budget_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     # Unset: each answer's own model extracts its claims (the behaviour before graders existed).
     grader: GraderSpec | None = None
+    # Domains the org files under a citation category, before the built-in table.
+    source_categories: SourceCategoriesSpec = SourceCategoriesSpec()
     # Unset: no questions come from segment ICPs.
     icp: IcpSpec | None = None
 
@@ -220,6 +260,11 @@ class OrgFileError(ConfigFileError):
 def _describe(error: dict[str, Any]) -> str | None:
     if error["type"] == "literal_error" and error["loc"][-1] == "provider":
         return f"unknown provider {shown(error['input'])}; expected one of {', '.join(PROVIDERS)}"
+    if error["type"] == "extra_forbidden" and error["loc"][:1] == ("source_categories",):
+        return (
+            f"unknown category {shown(error['loc'][-1])}; expected one of review, ugc, reference, "
+            "news_blog, other (owned and competitor come from the companies' domains)"
+        )
     if error["type"] == "string_type" and error["loc"] == ("schedule",):
         return f'{shown(error["input"])} is not a cron string; quote it, e.g. "30 9 * * 1-5"'
     return None
@@ -551,7 +596,10 @@ def question_keys(questions: list[QuestionSpec], existing: Any) -> list[str]:
 
 
 def config_sha256(spec: OrgSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    data = spec.model_dump(mode="json")
+    if not spec.source_categories.mapping():
+        del data["source_categories"]  # files without it keep the digest they had before it existed
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
@@ -580,6 +628,10 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         "icp_questions_per_segment": spec.icp.questions_per_segment if spec.icp else 5,
         "icp_activate": spec.icp.activate if spec.icp else "auto",
     }
+    if hasattr(
+        Org, "source_categories"
+    ):  # the column is pending a migration (see steps.org_source_categories)
+        settings["source_categories"] = spec.source_categories.mapping()
     for name, value in settings.items():
         if getattr(org, name) != value:
             changes["updated"] += int(not changes["created"])

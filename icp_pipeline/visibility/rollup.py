@@ -38,7 +38,7 @@ from icp_pipeline.db.models import (
     QuestionRun,
 )
 from icp_pipeline.visibility import analytics as analytics_lib
-from icp_pipeline.visibility import search_fanout, stats
+from icp_pipeline.visibility import evidence, search_fanout, stats
 
 CELL = ["question", "model", "location"]
 # The breakdowns of the payload, each a column of the cells (None: the org as a whole).
@@ -393,14 +393,26 @@ def _bootstrap(
 
 def citation_stats(session: Session, latest: Subquery) -> dict[str, Any]:
     rows = session.execute(
-        select(Citation.domain, func.count(), func.count(func.distinct(Citation.question_run_id)))
+        select(
+            Citation.domain,
+            func.count(),
+            func.count(func.distinct(Citation.question_run_id)),
+            func.max(Citation.category),
+        )
         .join(latest, latest.c.run_id == Citation.question_run_id)
         .where(Citation.cited)
         .group_by(Citation.domain)
     ).all()
-    domains = [{"domain": domain, "citations": citations, "runs": runs} for domain, citations, runs in rows]
+    domains = [
+        {"domain": domain, "citations": citations, "runs": runs, "category": category}
+        for domain, citations, runs, category in rows
+    ]
     domains.sort(key=lambda d: (-d["citations"], d["domain"]))
-    return {"total": sum(d["citations"] for d in domains), "domains": domains}
+    return {
+        "total": sum(d["citations"] for d in domains),
+        "domains": domains,
+        "by_category": evidence.category_stats(session, latest),
+    }
 
 
 def sentiment_stats(
@@ -561,6 +573,7 @@ def org_analytics(
         "min_runs": min_runs,
         "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
         "citations": citation_stats(session, latest),
+        "untracked_companies": evidence.untracked_companies(session, latest),
         "sentiment": sentiment_stats(session, latest, companies),
         "cost": cost_stats(session, cycle_id),
         "grader": None if grader is None else {"provider": grader[0], "model": grader[1]},

@@ -25,6 +25,7 @@ from icp_pipeline.db.models import (
     Org,
     OrgModel,
     QuestionRun,
+    UntrackedMention,
 )
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.ledger import (
@@ -56,6 +57,8 @@ from icp_pipeline.visibility.cycles import items_for_partition, latest_cycle, re
 from icp_pipeline.visibility.mentions import MENTIONS_VERSION, CompanyTerms, find_mentions
 from icp_pipeline.visibility.metrics import METRICS_VERSION, compute_run_metrics
 from icp_pipeline.visibility.prompts import ANSWER_SYSTEM, CLAIMS_SYSTEM, answer_prompt, claims_prompt
+from icp_pipeline.visibility.source_categories import SourceClassifier
+from icp_pipeline.visibility.untracked import UNTRACKED_VERSION, match_company, untracked_names
 
 
 class StepError(RuntimeError):
@@ -270,74 +273,133 @@ def _runs(session: Session, partition_key: str) -> list[QuestionRun]:
     return runs
 
 
+def replay_runs(session: Session, partition_key: str) -> list[QuestionRun]:
+    """The partition's runs of its newest cycle (as _runs), then its completed runs of earlier cycles:
+    the deterministic steps recompute the partition's whole history from the stored answers, so
+    re-materializing them (or a backfill) after an extractor or org file change costs no model call."""
+    runs = _runs(session, partition_key)
+    earlier = session.scalars(
+        select(QuestionRun)
+        .join(CycleItem, CycleItem.id == QuestionRun.cycle_item_id)
+        .where(
+            CycleItem.partition_key == partition_key,
+            CycleItem.cycle_id < runs[0].cycle_id,
+            QuestionRun.status == "completed",
+        )
+        .order_by(QuestionRun.id)
+    )
+    return [*runs, *earlier]
+
+
+def _store_mentions(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> list[int]:
+    session.execute(delete(Mention).where(Mention.question_run_id == run.id))
+    found_ids = []
+    for found in find_mentions(run.answer_text or "", terms):
+        session.add(
+            Mention(
+                question_run_id=run.id,
+                company_id=found.company_id,
+                first_offset=found.first_offset,
+                mention_count=found.count,
+                matched_text=found.matched_text[:200],
+                position=found.position,
+                extractor_version=MENTIONS_VERSION,
+            )
+        )
+        found_ids.append(found.company_id)
+    return found_ids
+
+
 def extract_mentions(db_url: str, partition_key: str) -> dict[str, Any]:
     with session_scope(db_url) as session:
-        runs = _runs(session, partition_key)
+        runs = replay_runs(session, partition_key)
         terms = company_terms(session, runs[0].org_id)
         names = {t.company_id: t.name for t in terms}
         found_by_company: dict[str, int] = {}
         for run in runs:
-            session.execute(delete(Mention).where(Mention.question_run_id == run.id))
-            for found in find_mentions(run.answer_text or "", terms):
-                session.add(
-                    Mention(
-                        question_run_id=run.id,
-                        company_id=found.company_id,
-                        first_offset=found.first_offset,
-                        mention_count=found.count,
-                        matched_text=found.matched_text[:200],
-                        position=found.position,
-                        extractor_version=MENTIONS_VERSION,
-                    )
-                )
-                found_by_company[names[found.company_id]] = (
-                    found_by_company.get(names[found.company_id], 0) + 1
-                )
-        return {"runs": len(runs), "mentions": sum(found_by_company.values()), "by_company": found_by_company}
+            found_ids = _store_mentions(session, run, terms)
+            if run.cycle_id == runs[0].cycle_id:  # the summary is the newest cycle's, as before
+                for company_id in found_ids:
+                    found_by_company[names[company_id]] = found_by_company.get(names[company_id], 0) + 1
+        return {
+            "runs": sum(1 for r in runs if r.cycle_id == runs[0].cycle_id),
+            "history_runs": sum(1 for r in runs if r.cycle_id != runs[0].cycle_id),
+            "mentions": sum(found_by_company.values()),
+            "by_company": found_by_company,
+        }
+
+
+def source_classifier(session: Session, org_id: str) -> SourceClassifier:
+    """The org's citation categories: the target's domains are owned, the active competitors' are
+    competitor; the org file's `source_categories` extend the table (source_categories.py)."""
+    owned: list[str] = []
+    competitor: list[str] = []
+    for is_target, domains in session.execute(
+        select(Company.is_target, Company.domains).where(Company.org_id == org_id, Company.active)
+    ):
+        (owned if is_target else competitor).extend(domains or [])
+    org = session.get(Org, org_id)
+    return SourceClassifier(tuple(owned), tuple(competitor), org_source_categories(org))
+
+
+def org_source_categories(org: Org | None) -> dict[str, list[str]]:
+    """The org file's `source_categories`. Stored in orgs.source_categories once that column exists
+    (pending a migration); until then the file's extension is validated at load but not stored."""
+    return dict(getattr(org, "source_categories", None) or {})
+
+
+def _store_citations(session: Session, run: QuestionRun, classifier: SourceClassifier) -> list[Citation]:
+    call = session.get(ModelCall, run.answer_call_id) if run.answer_call_id else None
+    annotations = [
+        (c["url"], c.get("title"), c.get("cited", True)) for c in (call.source_citations if call else [])
+    ]
+    session.execute(delete(Citation).where(Citation.question_run_id == run.id))
+    rows = [
+        Citation(
+            question_run_id=run.id,
+            url=found.url,
+            host=found.host,
+            domain=found.domain,
+            title=_safe_text(found.title) if found.title else found.title,
+            source=found.source,
+            cited=found.cited,
+            category=classifier.category(found.host),
+            extractor_version=CITATIONS_VERSION,
+        )
+        for found in extract_citations(run.answer_text or "", annotations)
+    ]
+    session.add_all(rows)
+    return rows
 
 
 def extract_run_citations(db_url: str, partition_key: str) -> dict[str, Any]:
     with session_scope(db_url) as session:
-        runs = _runs(session, partition_key)
+        runs = replay_runs(session, partition_key)
+        classifier = source_classifier(session, runs[0].org_id)
         total = retrieved = 0
         domains: set[str] = set()
+        categories: dict[str, int] = {}
         for run in runs:
-            call = session.get(ModelCall, run.answer_call_id) if run.answer_call_id else None
-            annotations = [
-                (c["url"], c.get("title"), c.get("cited", True))
-                for c in (call.source_citations if call else [])
-            ]
-            session.execute(delete(Citation).where(Citation.question_run_id == run.id))
-            for found in extract_citations(run.answer_text or "", annotations):
-                session.add(
-                    Citation(
-                        question_run_id=run.id,
-                        url=found.url,
-                        host=found.host,
-                        domain=found.domain,
-                        title=_safe_text(found.title) if found.title else found.title,
-                        source=found.source,
-                        cited=found.cited,
-                        extractor_version=CITATIONS_VERSION,
-                    )
-                )
-                total += found.cited
-                retrieved += not found.cited
-                domains.add(found.domain)
+            rows = _store_citations(session, run, classifier)
+            if run.cycle_id != runs[0].cycle_id:
+                continue  # history recomputed; the summary is the newest cycle's, as before
+            for row in rows:
+                total += row.cited
+                retrieved += not row.cited
+                domains.add(row.domain)
+                categories[row.category] = categories.get(row.category, 0) + 1
         return {
-            "runs": len(runs),
+            "runs": sum(1 for r in runs if r.cycle_id == runs[0].cycle_id),
+            "history_runs": sum(1 for r in runs if r.cycle_id != runs[0].cycle_id),
             "citations": total,
             "retrieved_not_cited": retrieved,
             "domains": sorted(domains),
+            "categories": categories,
         }
 
 
 def _match_company(name: str, terms: list[CompanyTerms]) -> int | None:
-    wanted = name.strip().casefold()
-    for t in terms:
-        if wanted in {n.casefold() for n in (t.name, *t.aliases)}:
-            return t.company_id
-    return None
+    return match_company(name, terms)
 
 
 def extract_claims(
@@ -426,33 +488,82 @@ def extract_claims(
     }
 
 
+def rematch_claims(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> None:
+    """Point the run's claims at the tracked company they name, as extract_claims does, for the
+    companies tracked now: a company added to the org file gets its claims without a model call."""
+    for claim in session.scalars(select(Claim).where(Claim.question_run_id == run.id)):
+        company_id = _match_company(claim.company_name, terms)
+        if claim.company_id != company_id:
+            claim.company_id = company_id
+
+
+def _store_untracked(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> int:
+    rematch_claims(session, run, terms)
+    session.flush()
+    unmatched = session.scalars(
+        select(Claim.company_name).where(Claim.question_run_id == run.id, Claim.company_id.is_(None))
+    )
+    session.execute(delete(UntrackedMention).where(UntrackedMention.question_run_id == run.id))
+    names = untracked_names(run.answer_text or "", list(unmatched), terms)
+    session.add_all(
+        UntrackedMention(
+            question_run_id=run.id,
+            name=_safe_text(found.name)[:200],
+            name_key=_safe_text(found.name_key)[:200],
+            source=found.source,
+            occurrences=found.occurrences,
+            extractor_version=UNTRACKED_VERSION,
+        )
+        for found in names
+    )
+    return len(names)
+
+
+def _store_metrics(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> list[Any]:
+    mentions = {
+        m.company_id: (m.position, m.mention_count)
+        for m in session.scalars(select(Mention).where(Mention.question_run_id == run.id))
+    }
+    hosts = list(
+        session.scalars(select(Citation.host).where(Citation.question_run_id == run.id, Citation.cited))
+    )
+    sentiments = list(
+        session.execute(select(Claim.company_id, Claim.sentiment).where(Claim.question_run_id == run.id))
+    )
+    session.execute(delete(CompetitiveMetric).where(CompetitiveMetric.question_run_id == run.id))
+    rows = compute_run_metrics(terms, mentions, hosts, sentiments)
+    for row in rows:
+        session.add(
+            CompetitiveMetric(question_run_id=run.id, metrics_version=METRICS_VERSION, **row.__dict__)
+        )
+    return rows
+
+
 def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
-    """Per-company metrics of each run; completes the run and its cycle item."""
+    """Per-company metrics of each run, after its untracked companies (which first point its claims
+    at the companies tracked now); completes the newest cycle's run and its cycle item. The
+    partition's earlier completed runs are recomputed too (their status left as it is)."""
     with session_scope(db_url) as session:
-        runs = _runs(session, partition_key)
+        runs = replay_runs(session, partition_key)
         terms = company_terms(session, runs[0].org_id)
         names = {t.company_id: t.name for t in terms}
-        summary: dict[str, Any] = {"runs": len(runs), "mentioned": [], "cited": [], "positions": {}}
-        for run in runs:
-            mentions = {
-                m.company_id: (m.position, m.mention_count)
-                for m in session.scalars(select(Mention).where(Mention.question_run_id == run.id))
-            }
-            hosts = list(
-                session.scalars(
-                    select(Citation.host).where(Citation.question_run_id == run.id, Citation.cited)
-                )
-            )
-            sentiments = list(
-                session.execute(
-                    select(Claim.company_id, Claim.sentiment).where(Claim.question_run_id == run.id)
-                )
-            )
-            session.execute(delete(CompetitiveMetric).where(CompetitiveMetric.question_run_id == run.id))
-            for row in compute_run_metrics(terms, mentions, hosts, sentiments):
-                session.add(
-                    CompetitiveMetric(question_run_id=run.id, metrics_version=METRICS_VERSION, **row.__dict__)
-                )
+        newest = [r for r in runs if r.cycle_id == runs[0].cycle_id]
+        summary: dict[str, Any] = {
+            "runs": len(newest),
+            "history_runs": len(runs) - len(newest),
+            "mentioned": [],
+            "cited": [],
+            "positions": {},
+            "untracked": 0,
+        }
+        for run in runs[len(newest) :]:
+            _store_untracked(session, run, terms)
+            session.flush()
+            _store_metrics(session, run, terms)
+        for run in newest:
+            summary["untracked"] += _store_untracked(session, run, terms)
+            session.flush()
+            for row in _store_metrics(session, run, terms):
                 if row.mentioned:
                     summary["mentioned"].append(names[row.company_id])
                     summary["positions"][names[row.company_id]] = row.position
@@ -460,7 +571,68 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
                     summary["cited"].append(names[row.company_id])
             run.status, run.error, run.completed_at = "completed", None, run.completed_at or datetime.now(UTC)
             set_item_status(session, run.item, "succeeded")
+        session.flush()
+        summary["untracked_names"] = [
+            {"name": n, "source": src, "occurrences": occ}
+            for n, src, occ in session.execute(
+                select(UntrackedMention.name, UntrackedMention.source, UntrackedMention.occurrences)
+                .where(UntrackedMention.question_run_id.in_([r.id for r in newest]))
+                .order_by(UntrackedMention.occurrences.desc(), UntrackedMention.name)
+            )
+        ]
         return summary
+
+
+def evidence_fingerprint(session: Session, org_id: str) -> tuple[Any, ...]:
+    """What the deterministic steps read from the org file: its active companies' names, aliases,
+    domains and roles, and its source categories. When `org load` changes it, history is recomputed."""
+    companies = session.execute(
+        select(Company.name, Company.is_target, Company.aliases, Company.domains)
+        .where(Company.org_id == org_id, Company.active)
+        .order_by(Company.name)
+    ).all()
+    categories = org_source_categories(session.get(Org, org_id))
+    return (
+        tuple((n, t, tuple(a or ()), tuple(d or ())) for n, t, a, d in companies),
+        tuple(sorted((k, tuple(v)) for k, v in categories.items())),
+    )
+
+
+def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[str, Any]:
+    """Recompute mentions, citations (categories), claims' companies, untracked companies and metrics
+    of every completed run of the org from its stored answers, in batches of `batch_size` runs (one
+    transaction each): what re-materializing run_mentions, run_citations and competitive_metrics for every partition
+    does, without Dagster, and with no model call. `org load` runs it when the companies change."""
+    done = 0
+    last_id = 0
+    while True:
+        with session_scope(db_url) as session:
+            require_org(session, org_id)
+            runs = list(
+                session.scalars(
+                    select(QuestionRun)
+                    .where(
+                        QuestionRun.org_id == org_id,
+                        QuestionRun.status == "completed",
+                        QuestionRun.id > last_id,
+                    )
+                    .order_by(QuestionRun.id)
+                    .limit(batch_size)
+                )
+            )
+            if not runs:
+                break
+            terms = company_terms(session, org_id)
+            classifier = source_classifier(session, org_id)
+            for run in runs:
+                _store_mentions(session, run, terms)
+                _store_citations(session, run, classifier)
+                _store_untracked(session, run, terms)
+                session.flush()
+                _store_metrics(session, run, terms)
+            done += len(runs)
+            last_id = runs[-1].id
+    return {"runs": done}
 
 
 # --- org roll-ups ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from icp_pipeline.db.models import (
     OrgModel,
     Question,
     QuestionRun,
+    UntrackedMention,
 )
 from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.visibility import analytics, stats, steps
@@ -51,9 +52,11 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
                 Question.key,
                 QuestionRun.sample_index,
                 QuestionRun.synthetic,
+                CycleItem.partition_key,
                 Question.segment_id,
             )
             .join(Question, Question.id == QuestionRun.question_id)
+            .join(CycleItem, CycleItem.id == QuestionRun.cycle_item_id)
             .join(OrgModel, OrgModel.id == QuestionRun.model_id)
             .join(OrgLocation, OrgLocation.id == QuestionRun.location_id)
             .where(
@@ -72,6 +75,7 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
                 r.country_code,
                 question=r.key,
                 sample_index=r.sample_index,
+                partition_key=r.partition_key,
                 segment=None if r.segment_id is None else str(r.segment_id),
             )
             for r in runs
@@ -89,6 +93,16 @@ def reference_payload(url: str, org_id: str) -> dict[str, Any]:
             )
         ):
             facts[run_id].cited_urls.append((url_, domain))
+        for run_id, domain, category, cited in session.execute(
+            sa.select(Citation.question_run_id, Citation.domain, Citation.category, Citation.cited).where(
+                Citation.question_run_id.in_(facts)
+            )
+        ):
+            facts[run_id].citations.append((domain, category, cited))
+        for row in session.scalars(
+            sa.select(UntrackedMention).where(UntrackedMention.question_run_id.in_(facts))
+        ):
+            facts[row.question_run_id].untracked.append((row.name_key, row.name, row.source, row.occurrences))
         usage: dict[str, list[Any]] = {}
         for claim, call in session.execute(
             sa.select(Claim, ModelCall)
@@ -157,6 +171,13 @@ def _check_equivalence(url: str) -> None:
     assert _without_time(first) == _without_time(reference_payload(url, "small"))
     # Sanity of the fixture: every part of the payload has something to compare.
     assert first["citations"]["total"] > 0 and first["sentiment"][0]["claims"] > 0
+    by_category = first["citations"]["by_category"]
+    assert sum(1 for row in by_category if row["citations"]) >= 5
+    assert sum(row["retrieved_citations"] for row in by_category) > 0
+    assert by_category[-1]["category"] is None  # citations stored before categories existed
+    assert len(first["untracked_companies"]) == 6
+    # Vendor 0 is named by the text only ((run * 0) % 5 is never 1), the others by both.
+    assert {tuple(row["sources"]) for row in first["untracked_companies"]} == {("claim", "text"), ("text",)}
     assert first["cost"]["total"]["calls_with_unknown_cost"] > 0 and first["graders"]
     assert any(
         r["stability"]["disagreeing_combinations"] for rows in first["by_question"].values() for r in rows

@@ -21,6 +21,7 @@ from icp_pipeline.db.models import (
     OrgModel,
     Question,
     QuestionRun,
+    UntrackedMention,
 )
 from icp_pipeline.db.session import session_scope
 
@@ -39,6 +40,9 @@ class OrgShape:
     @property
     def latest_runs(self) -> int:
         return self.questions * self.models * self.locations * self.samples
+
+
+_CATEGORIES = ("owned", "competitor", "review", "ugc", "reference", "news_blog", "other")
 
 
 def _country(index: int) -> str:
@@ -225,7 +229,7 @@ def _derived(session: sa.orm.Session, org_id: str, now: datetime) -> None:
     site = sa.cast((run.id * 7 + slot.c.i) % 40, sa.String)
     session.execute(
         sa.insert(Citation).from_select(
-            ["question_run_id", "url", "host", "domain", "source", "cited", "extractor_version"],
+            ["question_run_id", "url", "host", "domain", "source", "cited", "category", "extractor_version"],
             sa.select(
                 run.id,
                 "https://d"
@@ -238,6 +242,11 @@ def _derived(session: sa.orm.Session, org_id: str, now: datetime) -> None:
                 "d" + site + ".example",
                 sa.literal("answer_text"),
                 (run.id + slot.c.i) % 4 != 0,
+                # A category per site (and none for a few, as stored before categories existed).
+                sa.case(
+                    *[((run.id * 7 + slot.c.i) % 40 % 8 == k, name) for k, name in enumerate(_CATEGORIES)],
+                    else_=None,
+                ),
                 sa.literal("bench"),
             )
             .join(slot, sa.true())
@@ -284,6 +293,24 @@ def _derived(session: sa.orm.Session, org_id: str, now: datetime) -> None:
             ).where(run.org_id == org_id),
         )
     )
+    # Untracked companies: vendor k named by the text in some runs, by a claim in others, in both in a few.
+    vendor = _numbers(6)
+    for source, rule in (("text", (run.id + vendor.c.i) % 3 == 0), ("claim", (run.id * vendor.c.i) % 5 == 1)):
+        session.execute(
+            sa.insert(UntrackedMention).from_select(
+                ["question_run_id", "name", "name_key", "source", "occurrences", "extractor_version"],
+                sa.select(
+                    run.id,
+                    "Vendor " + sa.cast(vendor.c.i, sa.String),
+                    "vendor " + sa.cast(vendor.c.i, sa.String),
+                    sa.literal(source),
+                    1 + (run.id + vendor.c.i) % 3,
+                    sa.literal("bench"),
+                )
+                .join(vendor, sa.true())
+                .where(completed, rule),
+            )
+        )
     sentiment = sa.case((run.id % 3 == 0, "positive"), (run.id % 3 == 1, "neutral"), else_="negative")
     session.execute(
         sa.insert(Claim).from_select(

@@ -155,16 +155,53 @@ def test_company_stats_runs_without_mentions() -> None:
 def test_citation_stats() -> None:
     stats = citation_stats(_runs())
     assert stats["total"] == 8
+    # RunFacts without per-citation categories (citations stored before categories existed): None.
     assert stats["domains"] == [
-        {"domain": "g2.com", "citations": 4, "runs": 3},
-        {"domain": "acme.io", "citations": 2, "runs": 2},
-        {"domain": "globex.com", "citations": 1, "runs": 1},  # ties sorted by domain
-        {"domain": "zeta.com", "citations": 1, "runs": 1},
+        {"domain": "g2.com", "citations": 4, "runs": 3, "category": None},
+        {"domain": "acme.io", "citations": 2, "runs": 2, "category": None},
+        {"domain": "globex.com", "citations": 1, "runs": 1, "category": None},  # ties sorted by domain
+        {"domain": "zeta.com", "citations": 1, "runs": 1, "category": None},
     ]
 
 
 def test_citation_stats_empty() -> None:
-    assert citation_stats([]) == {"total": 0, "domains": []}
+    stats = citation_stats([])
+    assert (stats["total"], stats["domains"]) == (0, [])
+    assert [row["category"] for row in stats["by_category"]] == [
+        "owned",
+        "competitor",
+        "review",
+        "ugc",
+        "reference",
+        "news_blog",
+        "other",
+    ]
+    assert all(row["citations"] == row["retrieved_citations"] == 0 for row in stats["by_category"])
+
+
+def test_citation_stats_by_category_counts_cited_and_retrieved_apart() -> None:
+    runs = [
+        RunFacts(1, "m", "US", citations=[("g2.com", "review", True), ("capterra.com", "review", False)]),
+        RunFacts(2, "m", "US", citations=[("g2.com", "review", True), ("reddit.com", "ugc", False)]),
+        RunFacts(3, "m", "US", citations=[("capterra.com", "review", False)]),
+    ]
+    for run in runs:
+        run.cited_urls = [(f"https://{d}/", d) for d, _, cited in run.citations if cited]
+    stats = citation_stats(runs)
+    rows = {row["category"]: row for row in stats["by_category"]}
+    assert rows["review"] == {
+        "category": "review",
+        "citations": 2,
+        "runs": 2,
+        "retrieved_citations": 2,
+        "retrieved_runs": 2,
+    }
+    assert (rows["ugc"]["citations"], rows["ugc"]["retrieved_citations"], rows["ugc"]["retrieved_runs"]) == (
+        0,
+        1,
+        1,
+    )
+    assert stats["domains"] == [{"domain": "g2.com", "citations": 2, "runs": 2, "category": "review"}]
 
 
 def test_sentiment_stats() -> None:
@@ -320,7 +357,8 @@ def test_compute_analytics_no_runs() -> None:
     assert payload["latest_runs"] == 0
     assert payload["by_model"] == {}
     assert payload["by_location"] == {}
-    assert payload["citations"] == {"total": 0, "domains": []}
+    assert (payload["citations"]["total"], payload["citations"]["domains"]) == (0, [])
+    assert payload["untracked_companies"] == []
     assert all(row["mention_rate"] is None for row in payload["companies"])
 
 

@@ -31,6 +31,7 @@ from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.push import PushFailed, push_snapshot
 from icp_pipeline.visibility.search_fanout import extract_run_search_queries
 from icp_pipeline.visibility.search_queries import SEARCH_QUERIES_VERSION
+from icp_pipeline.visibility.untracked import UNTRACKED_VERSION
 
 QUESTION_RUNS_GROUP = "question_runs"
 ORG_GROUP = "org_rollups"
@@ -160,7 +161,7 @@ def run_mentions(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
 
 
 @_question_run_asset(
-    description="Collects cited URLs from provider annotations and the answer text, normalised once per run.",
+    description="Collects cited URLs from provider annotations and the answer text, with their source category.",
     kinds={"python", "sql"},
     deps=[question_run],
     retry_policy=DB_RETRY,
@@ -175,6 +176,8 @@ def run_citations(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.
             "citations": summary["citations"],
             "retrieved_not_cited": summary["retrieved_not_cited"],
             "domains": dg.MetadataValue.json(summary["domains"]),
+            "categories": dg.MetadataValue.json(summary["categories"]),
+            "history_runs": summary["history_runs"],
         }
     )
 
@@ -230,13 +233,22 @@ def run_claims(
     )
 
 
+UNTRACKED_COLUMNS = [
+    ("name", "string", "As the answer or the claim wrote it (model output, plain text)"),
+    ("source", "string", "text: the answer names it; claim: a claim is about it"),
+    ("occurrences", "int", "Times the answer names it, or claims about it"),
+]
+
+
 @_question_run_asset(
-    description="Computes per-company competitive metrics of the run and completes its cycle item.",
+    description="Computes per-company metrics and untracked companies of the run and completes its cycle item.",
     kinds={"python", "sql"},
     # run_search_queries too: this step completes the cycle item, and the roll-up must find its rows.
     deps=[run_mentions, run_citations, run_claims, run_search_queries],
     retry_policy=DB_RETRY,
-    code_version=METRICS_VERSION,
+    # The untracked-company extractor runs in this step (see steps.compute_metrics): its version is
+    # part of the code version, so a change to either shows the asset as changed.
+    code_version=f"{METRICS_VERSION}/{UNTRACKED_VERSION}",
 )
 def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.MaterializeResult:
     with question_run_step(context, app_db, "competitive_metrics", DB_RETRY):
@@ -247,6 +259,9 @@ def competitive_metrics(context: dg.AssetExecutionContext, app_db: AppDatabase) 
             "mentioned_count": len(summary["mentioned"]),
             "cited": dg.MetadataValue.json(summary["cited"]),
             "positions": dg.MetadataValue.json(summary["positions"]),
+            "history_runs": summary["history_runs"],
+            "untracked": summary["untracked"],
+            "untracked_companies": table(UNTRACKED_COLUMNS, summary["untracked_names"]),
         }
     )
 
