@@ -63,6 +63,8 @@ class Org(Base):
     icp_site_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     icp_questions_per_segment: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     icp_activate: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")
+    # The org file's `source_categories`: its additions to the citation categories' domain table.
+    source_categories: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -627,11 +627,8 @@ def upsert_org(session: Session, spec: OrgSpec) -> dict[str, int]:
         "icp_site_id": spec.icp.site if spec.icp else None,
         "icp_questions_per_segment": spec.icp.questions_per_segment if spec.icp else 5,
         "icp_activate": spec.icp.activate if spec.icp else "auto",
+        "source_categories": spec.source_categories.mapping(),
     }
-    if hasattr(
-        Org, "source_categories"
-    ):  # the column is pending a migration (see steps.org_source_categories)
-        settings["source_categories"] = spec.source_categories.mapping()
     for name, value in settings.items():
         if getattr(org, name) != value:
             changes["updated"] += int(not changes["created"])

@@ -343,9 +343,8 @@ def source_classifier(session: Session, org_id: str) -> SourceClassifier:
 
 
 def org_source_categories(org: Org | None) -> dict[str, list[str]]:
-    """The org file's `source_categories`. Stored in orgs.source_categories once that column exists
-    (pending a migration); until then the file's extension is validated at load but not stored."""
-    return dict(getattr(org, "source_categories", None) or {})
+    """The org file's `source_categories` (orgs.source_categories)."""
+    return dict(org.source_categories or {}) if org is not None else {}
 
 
 def _store_citations(session: Session, run: QuestionRun, classifier: SourceClassifier) -> list[Citation]:

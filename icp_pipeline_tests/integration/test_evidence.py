@@ -19,6 +19,7 @@ from icp_pipeline.db.models import (
     Company,
     Mention,
     ModelCall,
+    Org,
     QuestionRun,
     UntrackedMention,
 )
@@ -300,3 +301,25 @@ def test_suggest_competitors_and_adding_one_recomputes_history(
     assert count(url, ModelCall) == calls
     out = _cli("org", "suggest-competitors", "acme", capsys=capsys)
     assert f"  {name}  (" not in out
+
+
+def test_the_org_files_source_categories_are_stored_and_applied(tmp_path: Path) -> None:
+    """`source_categories` in the org file extends the domain table: stored on the org and used by the
+    classifier the citations step builds; removing the block from the file undoes it."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    data = small_org()
+    data["source_categories"] = {"review": ["example-reviews.com"]}
+    load(url, data)
+
+    def category(host: str) -> str:
+        with session_scope(url) as session:
+            return steps.source_classifier(session, "acme").category(host)
+
+    with session_scope(url) as session:
+        assert steps.org_source_categories(session.get(Org, "acme")) == {"review": ["example-reviews.com"]}
+    assert category("shop.example-reviews.com") == "review"
+    assert category("www.g2.com") == "review"  # the table still applies
+    del data["source_categories"]
+    load(url, data)
+    assert category("shop.example-reviews.com") == "other"
