@@ -22,6 +22,10 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from sqlalchemy import and_, select
 
+# Every process that opens the instance (each run worker) loads this storage: the slot-wait fix
+# travels with it (see claim_wait.py).
+from icp_pipeline.instance import claim_wait  # noqa: F401
+
 
 class GuardedSlotClaim:
     """Claims a pool slot only if it is still free when the claim is written."""
