@@ -23,6 +23,7 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, PushDelivery, QuestionRun
 from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.operations.sensors import SYNC_INTERVAL_SECONDS
 from icp_pipeline.visibility.push import idempotency_key
 from icp_pipeline_tests.conftest import load_example
 from icp_pipeline_tests.e2e.conftest import ProductionStack
@@ -99,8 +100,8 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: 
         wait_until(
             cycle_pushed, timeout=600, interval=2, what="the cycle to complete and push", logs=services.logs
         )
-        # Let every sensor tick at least once more (the sync sensor ticks every 30 s): nothing new may run.
-        time.sleep(35)
+        # Let every sensor tick at least once more: nothing new may run.
+        time.sleep(SYNC_INTERVAL_SECONDS + 10)
         in_flight = instance.get_runs(RunsFilter(statuses=[Status.QUEUED, Status.STARTING, Status.STARTED]))
         assert in_flight == []
 

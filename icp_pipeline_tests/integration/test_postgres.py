@@ -91,5 +91,8 @@ def test_production_dagster_yaml_loads_on_postgres_with_the_pool_cap(
         ]
         assert instance.run_monitoring_enabled
         assert instance.run_retries_enabled
+        # Runs start ahead of free slots and the queue is polled every second (bench/bench_daemon.py).
+        assert instance.get_concurrency_config().run_queue_config.op_concurrency_slot_buffer == 3
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
     finally:
         instance.dispose()

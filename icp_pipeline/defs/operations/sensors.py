@@ -8,12 +8,14 @@ import dagster as dg
 from dagster._utils.error import SerializableErrorInfo
 
 from icp_pipeline.alerts import alert_payload, deliver_alert, record_run_failure
+from icp_pipeline.db.models import Cycle
 from icp_pipeline.db.session import session_scope
 from icp_pipeline.defs.resources import AppDatabase
 from icp_pipeline.defs.segments.assets import ICPBuildConfig
 from icp_pipeline.defs.segments.jobs import segment_icp_job, site_summary_job
 from icp_pipeline.defs.segments.partitions import segments_partitions, sites_partitions
-from icp_pipeline.defs.visibility.jobs import org_cycle_job, question_run_job
+from icp_pipeline.defs.visibility.assets import org_cycle
+from icp_pipeline.defs.visibility.jobs import question_run_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions, question_runs_partitions
 from icp_pipeline.segments import steps as segment_steps
 from icp_pipeline.segments.questions import segments_needing_questions
@@ -22,9 +24,16 @@ from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.cycles import (
     desired_org_partitions,
     join_new_combinations,
+    open_cycle,
     orgs_without_cycle,
     pending_items,
 )
+
+# The sensor daemon evaluates sensors at most every 5 s (MIN_INTERVAL_LOOP_TIME in dagster/_daemon/sensor.py).
+# A tick costs 0.03-0.06 s of CPU for the example org and 0.6 s with 100,000 question-run keys
+# (bench/bench_sync_sensor.py), so ticking at the daemon's floor costs little and a loaded org waits
+# at most 5 s for its first runs instead of 30.
+SYNC_INTERVAL_SECONDS = 5
 
 
 def partition_diff(
@@ -41,16 +50,20 @@ def partition_diff(
 
 
 @dg.sensor(
-    jobs=[org_cycle_job, question_run_job, segment_icp_job, site_summary_job],
-    minimum_interval_seconds=30,
+    jobs=[question_run_job, segment_icp_job, site_summary_job],
+    minimum_interval_seconds=SYNC_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Keeps dynamic partitions equal to the app database and requests the first runs of new work.",
+    description="Keeps dynamic partitions equal to the app database, opens new orgs' first cycles and requests the first runs of new work.",
 )
 def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDatabase) -> dg.SensorResult:
     with session_scope(app_db.resolved_url) as session:
+        # A new org's first cycle is opened here, by the function the org_cycle asset calls, so its
+        # question runs are requested in this same tick: a separate org_cycle run cost one more tick
+        # and a process start (about 35 s of the 66 s from `org load` to the first question run).
+        opened = {org: open_cycle(session, org)[0] for org in orgs_without_cycle(session)}
+        session.flush()
         orgs, question_runs = desired_org_partitions(session)
         sites, segments = desired_site_partitions(session)
-        first_cycles = orgs_without_cycle(session)
         for cycle_id, added in join_new_combinations(session).items():
             context.log.info(f"cycle {cycle_id}: {added} new question runs joined it")
         pending = pending_items(session)
@@ -58,6 +71,11 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
         # Segments built before an org named their site: the job reuses the ICP and adds the questions.
         questions = segments_needing_questions(session)
         summaries = sites_ready_for_summary(session)
+        cycle_events = [org_cycle_materialization(org, cycle) for org, cycle in opened.items()]
+    if opened:
+        # The daemon stores a tick's asset events before its partition requests; the org partition
+        # must exist before its org_cycle materialization is recorded (idempotent).
+        context.instance.add_dynamic_partitions(orgs_partitions.name, sorted(opened))
     partition_requests = [
         *partition_diff(context.instance, orgs_partitions, orgs),
         *partition_diff(context.instance, question_runs_partitions, question_runs),
@@ -66,10 +84,6 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
     ]
     # Run keys make each request once: Dagster skips a run key it has already launched.
     runs = [
-        dg.RunRequest(job_name=org_cycle_job.name, partition_key=org, run_key=f"first-cycle-{org}")
-        for org in first_cycles
-    ]
-    runs += [
         dg.RunRequest(
             job_name=question_run_job.name,
             partition_key=key,
@@ -93,7 +107,19 @@ def partition_sync_sensor(context: dg.SensorEvaluationContext, app_db: AppDataba
         dg.RunRequest(job_name=site_summary_job.name, partition_key=site, run_key=f"summary-{site}-{marker}")
         for site, marker in summaries
     ]
-    return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests)
+    return dg.SensorResult(
+        run_requests=runs, dynamic_partitions_requests=partition_requests, asset_events=cycle_events
+    )
+
+
+def org_cycle_materialization(org: str, cycle: Cycle) -> dg.AssetMaterialization:
+    """The org_cycle partition the sensor opened, with the metadata an org_cycle run reports."""
+    return dg.AssetMaterialization(
+        asset_key=org_cycle.key,
+        partition=org,
+        metadata={"cycle_id": cycle.id, "created": True, "items": cycle.total, "status": cycle.status},
+        description="opened by partition_sync_sensor",
+    )
 
 
 @dg.run_failure_sensor(

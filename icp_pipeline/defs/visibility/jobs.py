@@ -24,5 +24,7 @@ org_rollup_ungated_job = dg.define_asset_job(
 )
 
 org_cycle_job = dg.define_asset_job(
-    "org_cycle_job", selection=[org_cycle], description="Opens an org's next cycle; the sync sensor runs it."
+    "org_cycle_job",
+    selection=[org_cycle],
+    description="Opens an org's next cycle (the schedule and the CLI run it; the sync sensor opens a first cycle itself).",
 )
