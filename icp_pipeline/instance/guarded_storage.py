@@ -30,10 +30,6 @@ from sqlalchemy.pool import NullPool
 
 from icp_pipeline.instance.pool_wait import POOL_CLAIM_RETRY_SECONDS
 
-# Every process that opens the instance (each run worker) loads this storage: the slot-wait fix
-# travels with it (see claim_wait.py).
-from icp_pipeline.instance import claim_wait  # noqa: F401
-
 
 class GuardedSlotClaim:
     """Claims a pool slot only if it is still free when the claim is written; a blocked claimant is

@@ -21,7 +21,9 @@ CLI's workers), waits the same way.
 """
 
 import time
+import warnings
 
+import dagster
 from dagster._core.execution.plan import instance_concurrency_context
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 
@@ -46,5 +48,22 @@ def _retry_interval(sleep_interval: float | None, _pending_claim_count: int) -> 
     return POOL_CLAIM_RETRY_SECONDS if sleep_interval is None else sleep_interval
 
 
-InstanceConcurrencyContext.interval_to_next_pending_claim_check = _interval_to_next_pending_claim_check  # type: ignore[method-assign]
-instance_concurrency_context._calculate_timeout_interval = _retry_interval  # noqa: SLF001
+PINNED_DAGSTER = "1.13.27"
+
+
+def apply() -> bool:
+    """Patch Dagster's slot wait if it is the pinned version (True when patched). Another version is
+    left alone with a warning, and test_pool_wait.py fails until the patch is re-checked."""
+    if dagster.__version__ != PINNED_DAGSTER:
+        warnings.warn(
+            f"icp_pipeline.instance.pool_wait targets dagster {PINNED_DAGSTER}, found {dagster.__version__}: "
+            "not applied; re-check InstanceConcurrencyContext's pool waits",
+            stacklevel=2,
+        )
+        return False
+    InstanceConcurrencyContext.interval_to_next_pending_claim_check = _interval_to_next_pending_claim_check  # type: ignore[method-assign]
+    instance_concurrency_context._calculate_timeout_interval = _retry_interval  # noqa: SLF001
+    return True
+
+
+APPLIED = apply()

@@ -14,6 +14,7 @@ from dagster._core.execution.plan import instance_concurrency_context
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 
 from icp_pipeline.cli.instance import write_embedded_instance_yaml
+from icp_pipeline.instance import pool_wait
 from icp_pipeline.instance.pool_wait import POOL_CLAIM_RETRY_SECONDS
 
 HOLD_SECONDS = 1.5
@@ -53,6 +54,11 @@ def test_a_blocked_claim_is_told_to_retry_soon(tmp_path: Path) -> None:
     assert not blocked.is_claimed
     assert blocked.sleep_interval == POOL_CLAIM_RETRY_SECONDS
     instance.dispose()
+
+
+def test_the_patch_targets_the_installed_dagster() -> None:
+    assert dg.__version__ == pool_wait.PINNED_DAGSTER  # re-check the patch before changing the pin
+    assert pool_wait.APPLIED
 
 
 def test_without_an_interval_from_the_storage_a_claim_retries_after_the_short_one() -> None:
