@@ -25,6 +25,7 @@ from icp_pipeline.limits import MAX_RUNS_PER_CYCLE
 from icp_pipeline.providers.base import ModelRequest, ProviderFor
 from icp_pipeline.providers.resilience import STEP_BUDGET_SECONDS
 from icp_pipeline.segments.schemas import SegmentQuestions
+from icp_pipeline.segments.steps import segment_of_partition
 from icp_pipeline.terminal import inert
 from icp_pipeline.visibility.cycles import model_samples
 
@@ -136,11 +137,7 @@ def generate_segment_questions(
     is the one that built the ICP."""
     claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
-        segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
-        if segment is None:
-            raise LookupError(
-                f"unknown segment {partition_key!r}; materialize site_segments for its site first"
-            )
+        segment = segment_of_partition(session, partition_key)
         targets = linked_orgs(session, segment.site_id)
         result = session.scalars(select(SegmentResult).where(SegmentResult.segment_id == segment.id)).first()
         segment_id, site_id, name = segment.id, segment.site_id, segment.name

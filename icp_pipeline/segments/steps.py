@@ -156,6 +156,14 @@ def discover_segments(
         }
 
 
+def segment_of_partition(session: Session, partition_key: str) -> Segment:
+    """The segment a `segments` partition key names; LookupError (with what to do) when unknown."""
+    segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
+    if segment is None:
+        raise LookupError(f"unknown segment {partition_key!r}; materialize site_segments for its site first")
+    return segment
+
+
 def build_segment(
     db_url: str,
     partition_key: str,
@@ -166,11 +174,7 @@ def build_segment(
     """Build one segment's ICP; the result row is replaced in place. Failures are stored, then raised."""
     claimant = claimant or new_claimant()
     with session_scope(db_url) as session:
-        segment = session.scalars(select(Segment).where(Segment.partition_key == partition_key)).first()
-        if segment is None:
-            raise LookupError(
-                f"unknown segment {partition_key!r}; materialize site_segments for its site first"
-            )
+        segment = segment_of_partition(session, partition_key)
         stored = session.scalars(select(SegmentResult).where(SegmentResult.segment_id == segment.id)).first()
         if stored is not None and stored.success and not options.rebuild:
             return {
