@@ -128,7 +128,8 @@ def test_every_argument_of_the_org_db_and_demo_commands_has_help() -> None:
     parsers = {f"org {name}": p for name, p in _subparsers(commands["org"]).items()}
     parsers |= {f"db {name}": p for name, p in _subparsers(commands["db"]).items()}
     parsers["demo"] = commands["demo"]
-    assert len(parsers) == 10  # org: load run push keys questions report history export; db upgrade; demo
+    # org: load run push keys questions suggest-competitors report history export; db upgrade; demo
+    assert len(parsers) == 11
     missing = [
         f"{name} {action.dest}"
         for name, parser in parsers.items()
@@ -140,8 +141,8 @@ def test_every_argument_of_the_org_db_and_demo_commands_has_help() -> None:
 
 def test_help_shows_defaults(capsys) -> None:
     for command, expected in [
-        (["org", "run", "--help"], "question runs executed at once (default: 3)"),
-        (["demo", "--help"], "question runs executed at once (default: 3)"),
+        (["org", "run", "--help"], "question runs executed at once (default: 5)"),
+        (["demo", "--help"], "question runs executed at once (default: 5)"),
         (["org", "export", "--help"], "file format (default: parquet)"),
     ]:
         with pytest.raises(SystemExit):

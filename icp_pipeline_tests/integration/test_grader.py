@@ -21,6 +21,7 @@ from icp_pipeline.visibility.mentions import MENTIONS_VERSION
 from icp_pipeline.visibility.metrics import METRICS_VERSION
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline.visibility.search_queries import SEARCH_QUERIES_VERSION
+from icp_pipeline.visibility.untracked import UNTRACKED_VERSION
 from icp_pipeline_tests.conftest import example_org_data, load_example
 from icp_pipeline_tests.support.pipeline import count
 
@@ -258,7 +259,7 @@ def test_versioned_logic_carries_its_code_version() -> None:
         va.run_citations: CITATIONS_VERSION,
         va.run_claims: CLAIMS_VERSION,
         va.run_search_queries: SEARCH_QUERIES_VERSION,
-        va.competitive_metrics: METRICS_VERSION,
+        va.competitive_metrics: f"{METRICS_VERSION}/{UNTRACKED_VERSION}",  # the step extracts untracked names too
         va.org_analytics: ANALYTICS_VERSION,
     }
     for asset, version in versions.items():

@@ -134,6 +134,7 @@ def test_the_rendered_instance_keeps_the_production_guarantees(rendered: dict[st
     for key, value in production["run_monitoring"].items():
         assert rendered["run_monitoring"][key] == value, key
     assert rendered["run_coordinator"]["class"] == production["run_coordinator"]["class"]
+    assert rendered["run_coordinator"]["config"] == production["run_coordinator"]["config"]
 
 
 def test_the_rendered_instance_loads_with_dagster_k8s(rendered: dict[str, Any], chart_env: None) -> None:
