@@ -332,7 +332,12 @@ def scenario(url: str, capsys: pytest.CaptureFixture[str]) -> None:
             sa.select(Question).where(Question.key == chosen, Question.org_id == "reviewco")
         ).one()
         assert approved.active and approved.status == "active"
-    outcome = run_cycle("reviewco", workers=2, progress=False, defs=defs)
+    # Evaluating the sync sensor above opened reviewco's first cycle (a new org's first cycle opens in
+    # the tick that requests its runs), before the approval: that cycle holds the file question only.
+    first = run_cycle("reviewco", workers=2, progress=False, defs=defs)
+    assert first.total == 1
+    outcome = run_cycle("reviewco", workers=2, progress=False, defs=defs, new_cycle=True)
+    assert outcome.cycle_id != first.cycle_id
     assert outcome.total == 1 + 1  # its file question and the one approved
     assert count(url, CycleItem, CycleItem.partition_key == f"reviewco|{chosen}|offline-synthetic|US") == 1
 
