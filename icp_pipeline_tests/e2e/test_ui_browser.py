@@ -27,6 +27,7 @@ from playwright.sync_api import Locator, Page, Route, expect, sync_playwright
 
 from icp_pipeline.db.models import CycleItem, ModelCall, QuestionRun
 from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.visibility.assets import question_run_assets
 from icp_pipeline.visibility.cycles import desired_org_partitions, open_cycle
 from icp_pipeline_tests.conftest import load_example
 from icp_pipeline_tests.e2e.conftest import ProductionStack
@@ -61,7 +62,8 @@ UI_TIMEOUT_MS = 90_000
 RUN_TIMEOUT_MS = 180_000
 # Three runs through the daemon's backfill loop and queue, while other tests may load the machine.
 BACKFILL_TIMEOUT_MS = 420_000
-DIALOG_TITLE = "Launch runs to materialize 6 assets"
+# The job's dialog names how many assets it materializes: every micro-step of a question run.
+DIALOG_TITLE = f"Launch runs to materialize {len(question_run_assets)} assets"
 Status = dg.DagsterRunStatus
 
 
