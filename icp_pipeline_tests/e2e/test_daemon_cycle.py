@@ -136,7 +136,16 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: 
         assert delivery.headers["X-ICP-Signature"] == f"sha256={expected}"
         assert delivery.json["runs"]["completed"] == 45
 
-        # The failure sensor reported the killed run, and only it.
+        # The failure sensor reported the killed run, and only it. It ticks on its own interval (30 s),
+        # and the cycle can now finish before its next tick: wait for the alert rather than race it.
+        wait_until(
+            lambda: alert_hook.requests,
+            timeout=120,
+            interval=2,
+            what="the killed run's alert",
+            logs=services.logs,
+        )
+        time.sleep(SYNC_INTERVAL_SECONDS)  # room for a wrong second alert to show up
         assert [a.json["run_id"] for a in alert_hook.requests] == [victim.run_id]
 
         # The pool kept its 3 slots: the killed step's slot was freed after its run ended.
