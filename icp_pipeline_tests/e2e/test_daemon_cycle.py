@@ -81,6 +81,18 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: 
         ) as services,
         dg.DagsterInstance.from_config(str(home)) as instance,
     ):
+        # A run status sensor only reports failures after its first tick; the cycle's first runs now
+        # start within seconds of the daemon, so kill a worker only once the failure sensor has ticked.
+        wait_until(
+            lambda: any(
+                "run_failure_alert_sensor" in path.read_text(errors="replace")
+                for path in services.logs.glob("*.log")
+            ),
+            timeout=120,
+            interval=0.5,
+            what="the failure sensor's first tick",
+            logs=services.logs,
+        )
         victim, pid = wait_until(
             lambda: _worker_mid_model_call(instance),
             timeout=300,
