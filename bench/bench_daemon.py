@@ -77,6 +77,8 @@ class Sampler(threading.Thread):
         self.marker = f"DAGSTER_HOME={home}".encode()
         self.peak = 0
         self.cpu: dict[int, float] = {}
+        self.pg_cpu: dict[int, float] = {}
+        self.pg_base: dict[int, float] | None = None  # backends alive at the start: their CPU before it
         self.processes_seen = 0
         self.stopped = threading.Event()
         self.ticks = os.sysconf("SC_CLK_TCK")
@@ -93,16 +95,33 @@ class Sampler(threading.Thread):
                 continue
             self.cpu[int(proc.name)] = (int(fields[11]) + int(fields[12])) / self.ticks
 
+    def sample_pg_cpu(self, pids: list[int]) -> None:
+        """PostgreSQL's backends for the two databases: the storage's side of every event write."""
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            self.pg_cpu[pid] = (int(fields[11]) + int(fields[12])) / self.ticks
+        if self.pg_base is None:
+            self.pg_base = dict(self.pg_cpu)
+
     @property
     def cpu_seconds(self) -> float:
         return sum(self.cpu.values())
 
+    @property
+    def pg_cpu_seconds(self) -> float:
+        return sum(self.pg_cpu.values()) - sum((self.pg_base or {}).values())
+
     def run(self) -> None:
         engine = sa.create_engine(PG_ADMIN_URL, poolclass=sa.pool.NullPool)
-        query = sa.text("select count(*) from pg_stat_activity where datname = any(:names)")
+        query = sa.text("select pid from pg_stat_activity where datname = any(:names)")
         while not self.stopped.is_set():
             with engine.connect() as connection:
-                self.peak = max(self.peak, connection.execute(query, {"names": self.databases}).scalar_one())
+                pids = list(connection.execute(query, {"names": self.databases}).scalars())
+            self.peak = max(self.peak, len(pids))
+            self.sample_pg_cpu(pids)
             self.sample_cpu()
             self.stopped.wait(0.5)
         engine.dispose()
@@ -118,6 +137,14 @@ def org_files(directory: Path, orgs: int) -> list[Path]:
         path.write_text(yaml.safe_dump(copy, sort_keys=False))
         paths.append(path)
     return paths
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (every core)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
 def cpu_seconds_of_children() -> float:
@@ -232,6 +259,7 @@ def scenario(latency: float, orgs: int, overrides: dict, label: str) -> dict:
                 )
                 sampler.sample_cpu()
                 cpu_at_load = sampler.cpu_seconds
+                busy_at_load = machine_busy_seconds()
                 sampler.start()
                 load_avg = Path("/proc/loadavg").read_text().split()[0]
                 cpu_warm = cpu_seconds_of_children()
@@ -266,6 +294,8 @@ def scenario(latency: float, orgs: int, overrides: dict, label: str) -> dict:
                 # Leftovers after everything settled: slots are freed when runs end.
                 time.sleep(3)
                 cpu_path = sampler.cpu_seconds - cpu_at_load
+                busy_now = machine_busy_seconds()
+                machine_busy = (busy_now[0] - busy_at_load[0]) / max(busy_now[1] - busy_at_load[1], 1e-9)
                 result = {
                     "label": label,
                     "latency": latency,
@@ -278,6 +308,8 @@ def scenario(latency: float, orgs: int, overrides: dict, label: str) -> dict:
                     **timeline(instance, t0),
                     "leftovers": leftovers(instance),
                     "cpu_path": cpu_path,
+                    "pg_cpu": sampler.pg_cpu_seconds,
+                    "machine_busy": machine_busy,
                 }
         finally:
             sampler.stopped.set()
@@ -308,7 +340,9 @@ def print_result(r: dict) -> None:
     if r["orgs"] > 1:
         print(f"  runs/min {r['runs'] / r['wall'] * 60:.0f}")
     print(
-        f"  load cmd {r['load_cmd']:.1f} s; {r['leftovers']}; cpu from load to push {r['cpu_path']:.0f} s (/proc), after warm-up {r['cpu']:.0f} s (rusage)",
+        f"  load cmd {r['load_cmd']:.1f} s; {r['leftovers']}; cpu from load to push {r['cpu_path']:.0f} s (/proc), "
+        f"after warm-up {r['cpu']:.0f} s (rusage); PostgreSQL backends {r['pg_cpu']:.0f} s; "
+        f"machine busy {r['machine_busy']:.0%} of its cores (every process, other work included)",
         flush=True,
     )
 

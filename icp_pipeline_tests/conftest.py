@@ -80,17 +80,21 @@ def write_instance_yaml(dagster_home: Path, storage_url: str | None = None) -> N
     """The CLI's embedded instance config, or the same pools on PostgreSQL storage."""
     write_embedded_instance_yaml(dagster_home)
     if storage_url:
-        # The production storages (dagster.yaml): dagster-postgres, with the guarded event log.
+        # The production storages (dagster.yaml): dagster-postgres, pooled, with the guarded event log.
         storages = "".join(
             f"{kind}:\n  module: {module}\n  class: {cls}\n  config:\n    postgres_url: {storage_url}\n"
             for kind, module, cls in (
-                ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+                ("run_storage", "icp_pipeline.instance.pooled_postgres", "PooledPostgresRunStorage"),
                 (
                     "event_log_storage",
                     "icp_pipeline.instance.guarded_storage",
                     "GuardedPostgresEventLogStorage",
                 ),
-                ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+                (
+                    "schedule_storage",
+                    "icp_pipeline.instance.pooled_postgres",
+                    "PooledPostgresScheduleStorage",
+                ),
             )
         )
         pools = "concurrency:\n  pools:\n    default_limit: 3\n    granularity: op\n"

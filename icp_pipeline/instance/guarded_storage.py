@@ -16,19 +16,29 @@ Both classes override private Dagster methods, so they are tied to the pinned da
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
-from dagster._core.storage.event_log.schema import ConcurrencySlotsTable
+from dagster._core.storage.event_log.schema import (
+    AssetKeyTable,
+    ConcurrencyLimitsTable,
+    ConcurrencySlotsTable,
+)
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from dagster._utils.concurrency import ConcurrencyClaimStatus, ConcurrencySlotStatus
 from dagster_postgres.event_log import PostgresEventLogStorage
-from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from sqlalchemy import Connection, Engine, and_, create_engine, select
 from sqlalchemy.pool import NullPool
 
 from icp_pipeline.instance.pool_wait import POOL_CLAIM_RETRY_SECONDS
+from icp_pipeline.instance.pooled_postgres import (
+    PooledPostgresEngine,
+    column_exists,
+    column_exists_on,
+    storage_kwargs,
+)
 
 
 class GuardedSlotClaim:
@@ -97,16 +107,48 @@ class GuardedSqliteEventLogStorage(GuardedSlotClaim, SqliteEventLogStorage):
         return cls(inst_data=inst_data, **config_value)
 
 
-class GuardedPostgresEventLogStorage(GuardedSlotClaim, PostgresEventLogStorage):
-    """The production event log (dagster.yaml); same configuration as dagster-postgres's."""
+class GuardedPostgresEventLogStorage(GuardedSlotClaim, PooledPostgresEngine, PostgresEventLogStorage):
+    """The production event log (dagster.yaml); same configuration as dagster-postgres's. Like the
+    other storages in dagster.yaml it keeps one pooled connection per process (pooled_postgres.py)."""
+
+    REQUIRED_TABLES = ("event_logs",)
+
+    def __init__(
+        self,
+        postgres_url: str,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+        token_provider: Any = None,
+    ) -> None:
+        self._start(
+            PostgresEventLogStorage.__init__,
+            should_autocreate_tables,
+            postgres_url=postgres_url,
+            inst_data=inst_data,
+            token_provider=token_provider,
+        )
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        def ask() -> bool:
+            with self.index_connection() as conn:
+                return column_exists(conn, AssetKeyTable.name, column_name)
+
+        return self._remember_true(f"asset_keys:{column_name}", ask)
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        return self._remember_true(
+            f"asset_keys:{column_name}", lambda: column_exists(conn, AssetKeyTable.name, column_name)
+        )
+
+    @cached_property
+    def has_default_pool_limit_col(self) -> bool:
+        # As the parent (a column a later migration added), with one catalog query.
+        return self.has_table(ConcurrencyLimitsTable.name) and column_exists_on(
+            self._engine, ConcurrencyLimitsTable.name, ConcurrencyLimitsTable.c.using_default_limit.name
+        )
 
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> "GuardedPostgresEventLogStorage":
-        return cls(
-            inst_data=inst_data,
-            postgres_url=pg_url_from_config(config_value),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
-            token_provider=get_token_provider_from_config(config_value),
-        )
+        return cls(inst_data=inst_data, **storage_kwargs(config_value))

@@ -268,9 +268,9 @@ def test_three_runs_launched_back_to_back_succeed_on_postgresql_storage(postgres
     storages = {
         kind: {"module": module, "class": cls, "config": {"postgres_url": url}}
         for kind, module, cls in (
-            ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+            ("run_storage", "icp_pipeline.instance.pooled_postgres", "PooledPostgresRunStorage"),
             ("event_log_storage", "icp_pipeline.instance.guarded_storage", "GuardedPostgresEventLogStorage"),
-            ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+            ("schedule_storage", "icp_pipeline.instance.pooled_postgres", "PooledPostgresScheduleStorage"),
         )
     }
     with dg.instance_for_test(overrides={**storages, "run_launcher": launcher_config(PRELOAD)}) as instance:

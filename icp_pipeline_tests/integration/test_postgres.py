@@ -80,9 +80,9 @@ def test_production_dagster_yaml_loads_on_postgres_with_the_pool_cap(
         monkeypatch.setenv(name, value)
     instance = DagsterInstance.get()
     try:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_storage).__name__ == "PooledPostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "GuardedPostgresEventLogStorage"
-        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        assert type(instance.schedule_storage).__name__ == "PooledPostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.event_log_storage.get_pool_config().default_pool_limit == 3
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
