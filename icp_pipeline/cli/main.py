@@ -123,9 +123,15 @@ def _recompute_history(org_id: str, skip: bool) -> None:
 
 
 def _print_analytics(payload: dict) -> None:
+    from icp_pipeline.db.session import session_scope
+    from icp_pipeline.segments.report import org_segment_labels
     from icp_pipeline.visibility.analytics import analytics_markdown
 
-    _print(analytics_markdown(payload))
+    labels = {}
+    if payload.get("by_segment"):  # names and question counts are the database's, not the payload's
+        with session_scope() as session:
+            labels = org_segment_labels(session, payload["org_id"], list(payload["by_segment"]))
+    _print(analytics_markdown(payload, labels))
 
 
 # Exit codes: 0 done, 1 failed, 2 bad input file, 3 a new cycle was not opened (see the message),
