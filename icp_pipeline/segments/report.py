@@ -179,6 +179,8 @@ def org_segment_labels(session: Session, org_id: str, segment_ids: list[str]) ->
             name=segment.name,
             questions=int(questions.get(segment.id, 0)),
             fit_score=float(fit) if isinstance(fit, int | float) else None,
+            key=segment.key,
+            site_id=segment.site_id,
         )
     return labels
 

@@ -66,6 +66,8 @@ class SegmentLabel:
     name: str
     questions: int  # the org's active questions generated from the segment, now
     fit_score: float | None  # the segment's ICP fit score; None when it has no successful build
+    key: str = ""  # the segment's id in its site file
+    site_id: str = ""
 
 
 @dataclass(frozen=True)

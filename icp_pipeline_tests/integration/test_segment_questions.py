@@ -224,6 +224,16 @@ def scenario(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert outcome.total == 2 + len(rows)
     payload = check_by_segment(url, "shopco")
     assert set(payload["by_segment"]) == {str(segment_ids[k]) for k in KEYS}
+    # `org report` shows them per segment: name, active questions, runs and the target's n/N.
+    capsys.readouterr()
+    assert main(["org", "report", "shopco"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    for key, name in zip(KEYS, ["Independent merchants", "Commerce agencies"], strict=True):
+        target = next(r for r in payload["by_segment"][str(segment_ids[key])] if r["is_target"])
+        row = next(line for line in report if line.startswith(f"| {name} |"))
+        assert row.startswith(f"| {name} | {len(by_segment[key])} | {target['runs']} | ")
+        assert f"({target['mentioned_runs']}/{target['runs']})" in row
+    assert "## Citations by source category" in report and "## Top search queries (first 10)" in report
 
     # The gap view: per segment the target's mention rate and share of voice next to the fit score,
     # in `site report` and in the site summary's metadata.
