@@ -166,7 +166,9 @@ def org_segment_labels(session: Session, org_id: str, segment_ids: list[str]) ->
             .where(Question.org_id == org_id, Question.source == "segment", Question.active)
             .where(Question.segment_id.in_(ids))
             .group_by(Question.segment_id)
-        ).tuples().all()
+        )
+        .tuples()
+        .all()
     )
     labels = {}
     for segment, result in session.execute(
