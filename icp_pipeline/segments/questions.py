@@ -314,6 +314,63 @@ def active_segment_questions(session: Session, org_id: str) -> int:
     )
 
 
+def _off_site(org_id: str, site_id: str | None) -> list[Any]:
+    """Conditions for the org's generated questions whose segment is not one of `site_id`'s (all of
+    them when the org names no site)."""
+    conditions = [Question.org_id == org_id, Question.source == "segment"]
+    if site_id is not None:
+        own = select(Segment.id).where(Segment.site_id == site_id)
+        conditions.append(Question.segment_id.is_(None) | Question.segment_id.not_in(own))
+    return conditions
+
+
+def questions_kept_on_load(session: Session, org_id: str, site_id: str | None) -> list[str]:
+    """The texts of the org's active generated questions that stay active once its `icp:` names
+    `site_id` (None: no `icp:` block), i.e. those of that site's segments, in asking order. `org load`
+    reads them before it writes anything: the runs-per-cycle limit counts them and the cost estimate
+    prices them, next to the file's questions."""
+    if site_id is None:
+        return []
+    off_site = select(Question.id).where(*_off_site(org_id, site_id))
+    return list(
+        session.scalars(
+            select(Question.text)
+            .where(Question.org_id == org_id, Question.source == "segment", Question.active)
+            .where(Question.id.not_in(off_site))
+            .order_by(Question.position, Question.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class RetiredOnLoad:
+    """Generated questions `org load` retired, per site their segment belongs to."""
+
+    by_site: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_site.values())
+
+
+def retire_off_site_questions(session: Session, org_id: str, site_id: str | None) -> RetiredOnLoad:
+    """Retire (inactive, status `retired`, never deleted: their runs stay in history) the org's active
+    or proposed questions generated from segments that are not `site_id`'s: its `icp:` names another
+    site now, or (site_id None) no site. Questions of the site's own segments are left to
+    segment_questions (a rebuilt ICP retires and revives them)."""
+    rows = session.execute(
+        select(Question, Segment.site_id)
+        .outerjoin(Segment, Segment.id == Question.segment_id)
+        .where(*_off_site(org_id, site_id), Question.status != "retired")
+    ).all()
+    by_site: dict[str, int] = {}
+    for question, old_site in rows:
+        question.status, question.active = "retired", False
+        by_site[old_site or "?"] = by_site.get(old_site or "?", 0) + 1
+    session.flush()
+    return RetiredOnLoad(dict(sorted(by_site.items())))
+
+
 class QuestionApprovalError(ValueError):
     pass
 

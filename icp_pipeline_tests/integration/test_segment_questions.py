@@ -406,3 +406,93 @@ def test_store_questions_dedups_across_segments_retires_and_revives(tmp_path: Pa
         ("How to track SKU velocity?", "active", True),
         ("What dashboards do shop owners use?", "retired", False),
     }
+
+
+OTHER_SITE = {
+    "id": "other",
+    "name": "Other",
+    "url": "https://other.example",
+    "description": "Another site.",
+    "segments": [{"id": "banks", "name": "Banks", "description": "Retail banks."}],
+}
+
+
+def test_org_load_retires_the_questions_of_a_site_the_org_no_longer_names(
+    app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`icp.site` changed or removed: the questions generated from the old site's segments (active or
+    proposed) are retired on `org load`, never deleted, their runs kept; the load says so, and counts
+    and prices only the generated questions that stay active."""
+    from icp_pipeline.segments.questions import LinkedOrg, store_questions
+    from icp_pipeline.visibility.cycles import open_cycle
+
+    upgrade(app)
+    load_site(app, SITE)
+    load_site(app, OTHER_SITE)
+    with session_scope(app) as session:
+        ids = dict(session.execute(sa.select(Segment.partition_key, Segment.id)).tuples().all())
+
+    def load(data: dict[str, Any]) -> str:
+        path = tmp_path / "org.yaml"
+        path.write_text(yaml.safe_dump(data))
+        capsys.readouterr()
+        assert main(["org", "load", str(path)]) == 0
+        return capsys.readouterr().out
+
+    def store(segment: int, texts: list[str], activate: str = "auto") -> None:
+        proposal = SegmentQuestions(questions=[{"text": t, "persona_role": "CTO"} for t in texts])
+        with session_scope(app) as session:
+            store_questions(session, LinkedOrg("shopco", 3, activate), segment, proposal, "d" * 64, 3)
+
+    def statuses() -> dict[str, tuple[str, bool]]:
+        return {q.text: (q.status, q.active) for q in segment_rows(app)}
+
+    load(org_data())
+    store(ids["shop|merchants"], ["Which BI tool for shops?", "How to track SKU velocity?"])
+    store(ids["shop|agencies"], ["Who sells analytics to agencies?"], activate="review")  # proposed
+    # One generated question was asked: its run must survive the retirement.
+    with session_scope(app) as session:
+        cycle, _ = open_cycle(session, "shopco")
+        item = next(i for i in cycle.items if i.question.text == "Which BI tool for shops?")
+        session.add(
+            QuestionRun(
+                cycle_item_id=item.id,
+                org_id="shopco",
+                cycle_id=cycle.id,
+                partition_key=item.partition_key,
+                question_id=item.question_id,
+                model_id=item.model_id,
+                location_id=item.location_id,
+                provider="offline",
+                requested_model="synthetic",
+            )
+        )
+    # Reloading with the same site keeps them, and counts and prices the 2 active ones with the file's.
+    out = load(org_data())
+    assert "1 questions + 2 from segment ICPs (3 question runs per cycle)" in out
+    assert "a full cycle buys 6 model calls (3 answers + 3 claims)" in out and "retired" not in out
+
+    # The org now names another site: all 3 of the shop's questions retire (the proposed one too).
+    out = load(org_data(site="other"))
+    assert (
+        "retired 3 question(s) generated from segments of site 'shop' (its icp: names site 'other' now): "
+        "no longer asked, their runs kept"
+    ) in out
+    assert "1 questions (1 question runs per cycle)" in out and "a full cycle buys 2 model calls" in out
+    assert set(statuses().values()) == {("retired", False)} and len(statuses()) == 3
+    assert count(app, QuestionRun) == 1  # the run stays, with its (retired) question
+    assert "retired" not in load(org_data(site="other"))  # nothing left to retire: idempotent
+
+    # The other site's questions are kept while the org names it; removing `icp:` retires them.
+    store(ids["other|banks"], ["Which analytics suit a retail bank?"])
+    out = load(org_data(site="other"))
+    assert "+ 1 from segment ICPs" in out and "retired" not in out
+    data = org_data(site="other")
+    del data["icp"]
+    out = load(data)
+    assert (
+        "retired 1 question(s) generated from segments of site 'other' (the org file has no icp: block): "
+        "no longer asked, their runs kept"
+    ) in out
+    assert statuses()["Which analytics suit a retail bank?"] == ("retired", False)
+    assert len(segment_rows(app)) == 4  # never deleted
