@@ -186,34 +186,41 @@ def generate_segment_questions(
 
 def segments_needing_questions(session: Session) -> list[tuple[str, str]]:
     """(segment partition key, marker) of each built segment whose questions some linked org lacks: an
-    org linked (or its count changed) after the ICP was built. No question of the org carries the
-    digest of the current ICP for that segment. The marker names that state, so a sensor requests the
+    org linked (or its count changed) after the ICP was built, or linked again after `org load`
+    retired the questions when it named another site. No active or proposed question of the org
+    carries the digest of the current ICP for that segment. The marker names that state, the org's
+    last change included (so a relink after a retirement is a new state), so a sensor requests the
     segment's job once per state (a proposal that was all duplicates stores nothing, and is not asked
-    again)."""
+    again until the org changes)."""
     linked = session.execute(
-        select(Org.id, Org.icp_site_id, Org.icp_questions_per_segment).where(Org.icp_site_id.is_not(None))
+        select(Org.id, Org.icp_site_id, Org.icp_questions_per_segment, Org.updated_at).where(
+            Org.icp_site_id.is_not(None)
+        )
     ).all()
     if not linked:
         return []
     built = session.execute(
         select(Segment.id, Segment.site_id, Segment.partition_key, SegmentResult)
         .join(SegmentResult, SegmentResult.segment_id == Segment.id)
-        .where(Segment.active, SegmentResult.success, Segment.site_id.in_({site for _, site, _ in linked}))
+        .where(Segment.active, SegmentResult.success, Segment.site_id.in_({site for _, site, _, _ in linked}))
     ).all()
+    # Retired questions do not count: the job revives those proposed again (store_questions).
     stored = set(
         session.execute(
             select(Question.org_id, Question.segment_id, Question.icp_digest)
-            .where(Question.source == "segment", Question.icp_digest.is_not(None))
+            .where(
+                Question.source == "segment", Question.icp_digest.is_not(None), Question.status != "retired"
+            )
             .distinct()
         ).tuples()
     )
     needed = []
     for segment_id, site_id, partition_key, result in built:
         missing = []
-        for org_id, site, count in linked:
+        for org_id, site, count, changed in linked:
             digest = profile_digest(result.profile or {}, count, result.provider, result.model)
             if site == site_id and (org_id, segment_id, digest) not in stored:
-                missing.append(f"{org_id}:{digest}")
+                missing.append(f"{org_id}:{digest}:{changed.isoformat() if changed else ''}")
         if missing:
             marker = hashlib.sha256("|".join(sorted(missing)).encode()).hexdigest()[:16]
             needed.append((partition_key, marker))

@@ -423,14 +423,35 @@ def test_org_load_retires_the_questions_of_a_site_the_org_no_longer_names(
     """`icp.site` changed or removed: the questions generated from the old site's segments (active or
     proposed) are retired on `org load`, never deleted, their runs kept; the load says so, and counts
     and prices only the generated questions that stay active."""
-    from icp_pipeline.segments.questions import LinkedOrg, store_questions
+    from icp_pipeline.segments.questions import (
+        LinkedOrg,
+        profile_digest,
+        segments_needing_questions,
+        store_questions,
+    )
     from icp_pipeline.visibility.cycles import open_cycle
 
     upgrade(app)
     load_site(app, SITE)
     load_site(app, OTHER_SITE)
+    profile = {"segment_name": "any"}
+    digest = profile_digest(profile, PER_SEGMENT, "offline", "synthetic")  # the built ICPs' questions
     with session_scope(app) as session:
         ids = dict(session.execute(sa.select(Segment.partition_key, Segment.id)).tuples().all())
+        for segment_id in ids.values():
+            session.add(
+                SegmentResult(
+                    segment_id=segment_id,
+                    success=True,
+                    profile=profile,
+                    provider="offline",
+                    model="synthetic",
+                )
+            )
+
+    def needing() -> dict[str, str]:
+        with session_scope(app) as session:
+            return dict(segments_needing_questions(session))
 
     def load(data: dict[str, Any]) -> str:
         path = tmp_path / "org.yaml"
@@ -442,12 +463,14 @@ def test_org_load_retires_the_questions_of_a_site_the_org_no_longer_names(
     def store(segment: int, texts: list[str], activate: str = "auto") -> None:
         proposal = SegmentQuestions(questions=[{"text": t, "persona_role": "CTO"} for t in texts])
         with session_scope(app) as session:
-            store_questions(session, LinkedOrg("shopco", 3, activate), segment, proposal, "d" * 64, 3)
+            store_questions(session, LinkedOrg("shopco", 3, activate), segment, proposal, digest, 3)
 
     def statuses() -> dict[str, tuple[str, bool]]:
         return {q.text: (q.status, q.active) for q in segment_rows(app)}
 
     load(org_data())
+    first_markers = needing()
+    assert set(first_markers) == {"shop|merchants", "shop|agencies"}
     store(ids["shop|merchants"], ["Which BI tool for shops?", "How to track SKU velocity?"])
     store(ids["shop|agencies"], ["Who sells analytics to agencies?"], activate="review")  # proposed
     # One generated question was asked: its run must survive the retirement.
@@ -496,3 +519,14 @@ def test_org_load_retires_the_questions_of_a_site_the_org_no_longer_names(
     ) in out
     assert statuses()["Which analytics suit a retail bank?"] == ("retired", False)
     assert len(segment_rows(app)) == 4  # never deleted
+    assert needing() == {}  # no org names a site
+
+    # Naming the shop again: its segments need their questions again, in a new state (the sensor's run
+    # key differs from the first link's), and the questions step revives the retired ones.
+    load(org_data())
+    markers = needing()
+    assert set(markers) == {"shop|merchants", "shop|agencies"}
+    assert all(markers[key] != first_markers[key] for key in markers)
+    store(ids["shop|merchants"], ["Which BI tool for shops?", "How to track SKU velocity?"])
+    assert statuses()["Which BI tool for shops?"] == ("active", True)
+    assert set(needing()) == {"shop|agencies"}
