@@ -30,6 +30,18 @@ def inert(text: object, keep_newlines: bool = False) -> str:
     return "".join(ch for ch in _ESCAPE.sub("", str(text)) if not _invisible(ch, allowed))
 
 
+# Characters that make markdown of a table cell: `|` ends the cell, the rest start emphasis, code,
+# links, images or HTML (`<img src=...>` would fetch an image where the report is rendered).
+_MARKDOWN = re.compile(r"([\\|*_`\[\]<>~])")
+
+
+def markdown_cell(text: object) -> str:
+    """`text` inert (see `inert`; line breaks and runs of white space become one space) and
+    backslash-escaped so it renders as itself in one markdown table cell: no markup, link, image or
+    HTML tag, no `|` splitting the row."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(inert(text, keep_newlines=True).split()))
+
+
 def first_invisible(text: str, allowed: str = "") -> str | None:
     """A description of the first control, format or separator character in `text` (other than those
     in `allowed`), e.g. "U+202E (RIGHT-TO-LEFT OVERRIDE) at position 4"; None when there is none."""

@@ -38,7 +38,7 @@ def cmd_db_upgrade(_args: argparse.Namespace) -> int:
 
 def cmd_org_load(args: argparse.Namespace) -> int:
     from icp_pipeline.db.session import ensure_schema, session_scope
-    from icp_pipeline.segments.questions import active_segment_questions
+    from icp_pipeline.segments.questions import questions_kept_on_load, retire_off_site_questions
     from icp_pipeline.visibility.org_file import (
         OrgFileError,
         cycle_estimate,
@@ -61,14 +61,17 @@ def cmd_org_load(args: argparse.Namespace) -> int:
     from icp_pipeline.visibility.steps import evidence_fingerprint
 
     ensure_schema()
+    site = spec.icp.site if spec.icp else None
     with session_scope() as session:
-        # The limit counts the questions a cycle asks: the file's and the active ones from segment ICPs.
-        generated = active_segment_questions(session, spec.id)
+        # The limit counts the questions a cycle asks, and the estimate prices them: the file's and the
+        # generated ones that stay active (those of another site's segments are retired below).
+        generated = questions_kept_on_load(session, spec.id, site)
         too_large = large_cycle_problem(spec, generated)
         if too_large and not getattr(args, "allow_large", False):
             return _fail(str(OrgFileError(args.file, [too_large])), 2)
         before = evidence_fingerprint(session, spec.id)
         changes = upsert_org(session, spec)
+        retired = retire_off_site_questions(session, spec.id, site)
         session.flush()
         after = evidence_fingerprint(session, spec.id)
     samples = [spec.samples_of(m) for m in spec.models]
@@ -76,16 +79,22 @@ def cmd_org_load(args: argparse.Namespace) -> int:
         asked = f"samples per model {'/'.join(map(str, samples))}, "
     else:
         asked = f"{samples[0]} samples, " if samples[0] > 1 else ""
-    from_segments = f" + {generated} from segment ICPs" if generated else ""
+    from_segments = f" + {len(generated)} from segment ICPs" if generated else ""
     _print(
         f"org {spec.id}: {len(spec.competitors) + 1} companies, {len(spec.models)} models, {len(spec.locations)} "
         f"locations, {len(spec.question_specs())} questions{from_segments} ({asked}"
         f"{runs_per_cycle(spec, generated)} question runs per cycle); "
         f"{changes['created']} created, {changes['updated']} updated, {changes['deactivated']} deactivated"
     )
+    for old_site, count in retired.by_site.items():
+        why = f"its icp: names site {site!r} now" if site else "the org file has no icp: block"
+        _print(
+            f"retired {count} question(s) generated from segments of site {old_site!r} ({why}): "
+            "no longer asked, their runs kept"
+        )
     # At list prices as if every non-offline model is called for real (without an API key a provider's
     # models run offline and cost nothing).
-    _print(f"a full cycle buys {cycle_estimate(spec).describe()}")
+    _print(f"a full cycle buys {cycle_estimate(spec, generated).describe()}")
     if before != after and before[0]:  # an org loaded for the first time has no history
         _recompute_history(spec.id, getattr(args, "no_recompute", False))
     return 0
@@ -123,9 +132,15 @@ def _recompute_history(org_id: str, skip: bool) -> None:
 
 
 def _print_analytics(payload: dict) -> None:
+    from icp_pipeline.db.session import session_scope
+    from icp_pipeline.segments.report import org_segment_labels
     from icp_pipeline.visibility.analytics import analytics_markdown
 
-    _print(analytics_markdown(payload))
+    labels = {}
+    if payload.get("by_segment"):  # names and question counts are the database's, not the payload's
+        with session_scope() as session:
+            labels = org_segment_labels(session, payload["org_id"], list(payload["by_segment"]))
+    _print(analytics_markdown(payload, labels))
 
 
 # Exit codes: 0 done, 1 failed, 2 bad input file, 3 a new cycle was not opened (see the message),

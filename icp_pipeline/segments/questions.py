@@ -186,34 +186,41 @@ def generate_segment_questions(
 
 def segments_needing_questions(session: Session) -> list[tuple[str, str]]:
     """(segment partition key, marker) of each built segment whose questions some linked org lacks: an
-    org linked (or its count changed) after the ICP was built. No question of the org carries the
-    digest of the current ICP for that segment. The marker names that state, so a sensor requests the
+    org linked (or its count changed) after the ICP was built, or linked again after `org load`
+    retired the questions when it named another site. No active or proposed question of the org
+    carries the digest of the current ICP for that segment. The marker names that state, the org's
+    last change included (so a relink after a retirement is a new state), so a sensor requests the
     segment's job once per state (a proposal that was all duplicates stores nothing, and is not asked
-    again)."""
+    again until the org changes)."""
     linked = session.execute(
-        select(Org.id, Org.icp_site_id, Org.icp_questions_per_segment).where(Org.icp_site_id.is_not(None))
+        select(Org.id, Org.icp_site_id, Org.icp_questions_per_segment, Org.updated_at).where(
+            Org.icp_site_id.is_not(None)
+        )
     ).all()
     if not linked:
         return []
     built = session.execute(
         select(Segment.id, Segment.site_id, Segment.partition_key, SegmentResult)
         .join(SegmentResult, SegmentResult.segment_id == Segment.id)
-        .where(Segment.active, SegmentResult.success, Segment.site_id.in_({site for _, site, _ in linked}))
+        .where(Segment.active, SegmentResult.success, Segment.site_id.in_({site for _, site, _, _ in linked}))
     ).all()
+    # Retired questions do not count: the job revives those proposed again (store_questions).
     stored = set(
         session.execute(
             select(Question.org_id, Question.segment_id, Question.icp_digest)
-            .where(Question.source == "segment", Question.icp_digest.is_not(None))
+            .where(
+                Question.source == "segment", Question.icp_digest.is_not(None), Question.status != "retired"
+            )
             .distinct()
         ).tuples()
     )
     needed = []
     for segment_id, site_id, partition_key, result in built:
         missing = []
-        for org_id, site, count in linked:
+        for org_id, site, count, changed in linked:
             digest = profile_digest(result.profile or {}, count, result.provider, result.model)
             if site == site_id and (org_id, segment_id, digest) not in stored:
-                missing.append(f"{org_id}:{digest}")
+                missing.append(f"{org_id}:{digest}:{changed.isoformat() if changed else ''}")
         if missing:
             marker = hashlib.sha256("|".join(sorted(missing)).encode()).hexdigest()[:16]
             needed.append((partition_key, marker))
@@ -312,6 +319,63 @@ def active_segment_questions(session: Session, org_id: str) -> int:
         )
         or 0
     )
+
+
+def _off_site(org_id: str, site_id: str | None) -> list[Any]:
+    """Conditions for the org's generated questions whose segment is not one of `site_id`'s (all of
+    them when the org names no site)."""
+    conditions = [Question.org_id == org_id, Question.source == "segment"]
+    if site_id is not None:
+        own = select(Segment.id).where(Segment.site_id == site_id)
+        conditions.append(Question.segment_id.is_(None) | Question.segment_id.not_in(own))
+    return conditions
+
+
+def questions_kept_on_load(session: Session, org_id: str, site_id: str | None) -> list[str]:
+    """The texts of the org's active generated questions that stay active once its `icp:` names
+    `site_id` (None: no `icp:` block), i.e. those of that site's segments, in asking order. `org load`
+    reads them before it writes anything: the runs-per-cycle limit counts them and the cost estimate
+    prices them, next to the file's questions."""
+    if site_id is None:
+        return []
+    off_site = select(Question.id).where(*_off_site(org_id, site_id))
+    return list(
+        session.scalars(
+            select(Question.text)
+            .where(Question.org_id == org_id, Question.source == "segment", Question.active)
+            .where(Question.id.not_in(off_site))
+            .order_by(Question.position, Question.id)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class RetiredOnLoad:
+    """Generated questions `org load` retired, per site their segment belongs to."""
+
+    by_site: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_site.values())
+
+
+def retire_off_site_questions(session: Session, org_id: str, site_id: str | None) -> RetiredOnLoad:
+    """Retire (inactive, status `retired`, never deleted: their runs stay in history) the org's active
+    or proposed questions generated from segments that are not `site_id`'s: its `icp:` names another
+    site now, or (site_id None) no site. Questions of the site's own segments are left to
+    segment_questions (a rebuilt ICP retires and revives them)."""
+    rows = session.execute(
+        select(Question, Segment.site_id)
+        .outerjoin(Segment, Segment.id == Question.segment_id)
+        .where(*_off_site(org_id, site_id), Question.status != "retired")
+    ).all()
+    by_site: dict[str, int] = {}
+    for question, old_site in rows:
+        question.status, question.active = "retired", False
+        by_site[old_site or "?"] = by_site.get(old_site or "?", 0) + 1
+    session.flush()
+    return RetiredOnLoad(dict(sorted(by_site.items())))
 
 
 class QuestionApprovalError(ValueError):

@@ -6,11 +6,12 @@ the CLI prints them through `terminal.inert`, the asset shows them as plain text
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import AnalyticsSnapshot, Org, Segment, SegmentResult, SiteSummary
+from icp_pipeline.db.models import AnalyticsSnapshot, Org, Question, Segment, SegmentResult, SiteSummary
 from icp_pipeline.segments.steps import active_segments, require_site
+from icp_pipeline.visibility.analytics import SegmentLabel
 
 
 class UnknownSegment(LookupError):
@@ -151,6 +152,39 @@ def segment_visibility(session: Session, site_id: str, segments: list[Segment]) 
             )
     rows.sort(key=lambda r: (r["gap"] is None, -(r["gap"] or 0), r["org_id"], r["segment_id"]))
     return rows
+
+
+def org_segment_labels(session: Session, org_id: str, segment_ids: list[str]) -> dict[str, SegmentLabel]:
+    """Per `by_segment` key (a segment id as a string): the segment's name, the org's active questions
+    generated from it and its fit score, as stored now. Keys of deleted segments are left out."""
+    ids = [int(key) for key in segment_ids if key.isdigit()]
+    if not ids:
+        return {}
+    questions = dict(
+        session.execute(
+            select(Question.segment_id, func.count())
+            .where(Question.org_id == org_id, Question.source == "segment", Question.active)
+            .where(Question.segment_id.in_(ids))
+            .group_by(Question.segment_id)
+        )
+        .tuples()
+        .all()
+    )
+    labels = {}
+    for segment, result in session.execute(
+        select(Segment, SegmentResult)
+        .outerjoin(SegmentResult, SegmentResult.segment_id == Segment.id)
+        .where(Segment.id.in_(ids))
+    ).tuples():
+        fit = (result.analysis or {}).get("fit_score") if result is not None and result.success else None
+        labels[str(segment.id)] = SegmentLabel(
+            name=segment.name,
+            questions=int(questions.get(segment.id, 0)),
+            fit_score=float(fit) if isinstance(fit, int | float) else None,
+            key=segment.key,
+            site_id=segment.site_id,
+        )
+    return labels
 
 
 def site_visibility(db_url: str, site_id: str) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from icp_pipeline.terminal import inert
+from icp_pipeline.terminal import inert, markdown_cell
 from icp_pipeline.visibility import evidence, search_queries, stats
 
 # analytics-3: company rows carry company_id; grader, graders and mixed_graders.
@@ -56,6 +56,18 @@ class GraderUsage:
     runs: int
     claims: int
     synthetic: bool
+
+
+@dataclass(frozen=True)
+class SegmentLabel:
+    """What the report shows of a `by_segment` key besides the payload's rows: read from the database
+    when the report is printed (segments/report.py, org_segment_labels)."""
+
+    name: str
+    questions: int  # the org's active questions generated from the segment, now
+    fit_score: float | None  # the segment's ICP fit score; None when it has no successful build
+    key: str = ""  # the segment's id in its site file
+    site_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -340,15 +352,16 @@ def _interval_suffix(row: dict[str, Any]) -> str:
     return "" if interval is None else f" {format_interval(interval)}"
 
 
-def analytics_markdown(payload: dict[str, Any]) -> str:
-    """The companies table as markdown, for the Dagster UI and the CLI."""
+def analytics_markdown(payload: dict[str, Any], segments: dict[str, SegmentLabel] | None = None) -> str:
+    """The companies table as markdown, then the evidence sections (evidence_markdown), for the CLI.
+    Every name is model output or from an org file: each cell goes through markdown_cell."""
     lines = [
         "| Company | Target | Runs | Mentioned | Mention rate [95% CI] | Share of voice | Avg position | Cited runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in payload["companies"]:
         lines.append(
-            f"| {inert(row['name'])} | {'yes' if row['is_target'] else ''} | {row['runs']} | "
+            f"| {markdown_cell(row['name'])} | {'yes' if row['is_target'] else ''} | {row['runs']} | "
             f"{row['mentioned_runs']} | {_fmt(row['mention_rate'], True)}{_interval_suffix(row)} | "
             f"{_fmt(row['share_of_voice'], True)} | "
             f"{_fmt(row['average_position'])} | {row['cited_runs']} |"
@@ -359,7 +372,126 @@ def analytics_markdown(payload: dict[str, Any]) -> str:
     if payload.get("synthetic"):
         footer += " Synthetic data from the offline provider."
     footer += grader_line(payload)
-    return "\n".join(lines) + footer
+    return "\n".join(lines) + footer + evidence_markdown(payload, segments or {})
+
+
+# Rows of the untracked companies and of the search queries the report shows (the payload has more).
+REPORT_TOP = 10
+
+
+def _segment_section(
+    by_segment: dict[str, list[dict[str, Any]]], labels: dict[str, SegmentLabel]
+) -> list[str]:
+    rows = []
+    for key, companies in by_segment.items():
+        target = next((r for r in companies if r.get("is_target")), None)
+        label = labels.get(key)
+        rate = target.get("mention_rate") if target else None
+        fit = label.fit_score if label else None
+        gap = fit - rate if fit is not None and rate is not None else None
+        rows.append((key, label, target, gap))
+    # Largest gap first, as in `site report`: where the site fits and assistants do not recommend it.
+    rows.sort(key=lambda r: (r[3] is None, -(r[3] or 0), r[1].name if r[1] else "", r[0]))
+    lines = [
+        "",
+        "## Visibility per ICP segment (the target; gap = fit score - mention rate)",
+        "",
+        "| Segment | Questions | Runs | Mention rate [95% CI] (n/N) | Share of voice | Gap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label, target, gap in rows:
+        name = markdown_cell(label.name) if label else f"segment {markdown_cell(key)} (removed)"
+        questions = str(label.questions) if label else "–"
+        if target is None:
+            lines.append(f"| {name} | {questions} | 0 | – | – | {_fmt(gap)} |")
+            continue
+        lines.append(
+            f"| {name} | {questions} | {target['runs']} | {_fmt(target.get('mention_rate'), True)}"
+            f"{_interval_suffix(target)} ({target['mentioned_runs']}/{target['runs']}) | "
+            f"{_fmt(target.get('share_of_voice'), True)} | {_fmt(gap)} |"
+        )
+    return lines
+
+
+def _category_section(categories: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## Citations by source category",
+        "",
+        "| Category | Cited URLs | Runs citing | Retrieved-only URLs | Runs retrieving only |",
+        "|---|---|---|---|---|",
+    ]
+    for row in categories:
+        category = markdown_cell(row["category"]) if row["category"] is not None else "(uncategorised)"
+        lines.append(
+            f"| {category} | {row['citations']} | {row['runs']} | {row['retrieved_citations']} | "
+            f"{row['retrieved_runs']} |"
+        )
+    return lines
+
+
+def _untracked_section(untracked: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        f"## Top untracked companies (named in answers, not in the org file; first {REPORT_TOP})",
+        "",
+    ]
+    if not untracked:
+        return [*lines, "None in the latest runs."]
+    lines += ["| Company | Runs | Mentions |", "|---|---|---|"]
+    lines += [
+        f"| {markdown_cell(r['name'])} | {r['runs']} | {r['mentions']} |" for r in untracked[:REPORT_TOP]
+    ]
+    lines += ["", "`icp-pipeline org suggest-competitors ORG` lists them all with example runs."]
+    return lines
+
+
+def _search_section(searches: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## Top search queries (first {REPORT_TOP})",
+        "",
+        f"{searches['runs_with_searches']} of {searches['runs']} runs searched the web: {searches['queries']} "
+        f"queries, {searches['distinct_queries']} distinct.",
+    ]
+    if searches["top"]:
+        lines += ["", "| Query | Runs | Issued |", "|---|---|---|"]
+        lines += [
+            f"| {markdown_cell(r['query'])} | {r['runs']} | {r['issued']} |"
+            for r in searches["top"][:REPORT_TOP]
+        ]
+    if searches.get("by_model"):
+        lines += [
+            "",
+            "| Model | Runs | Runs searching | Queries | Top query (runs) |",
+            "|---|---|---|---|---|",
+        ]
+        for model, block in searches["by_model"].items():
+            top = block["top"][0] if block["top"] else None
+            first = f"{markdown_cell(top['query'])} ({top['runs']})" if top else "–"
+            lines.append(
+                f"| {markdown_cell(model)} | {block['runs']} | {block['runs_with_searches']} | "
+                f"{block['queries']} | {first} |"
+            )
+    return lines
+
+
+def evidence_markdown(payload: dict[str, Any], segments: dict[str, SegmentLabel]) -> str:
+    """The payload's evidence sections as markdown, each after a blank line: visibility per ICP segment
+    (names and question counts from `segments`), citations by source category, the top untracked
+    companies and the top search queries. A section whose key the payload lacks (a snapshot from
+    before it existed) or an org without segment runs prints nothing."""
+    lines: list[str] = []
+    if payload.get("by_segment"):
+        lines += _segment_section(payload["by_segment"], segments)
+    categories = (payload.get("citations") or {}).get("by_category")
+    if categories is not None:
+        lines += _category_section(categories)
+    if "untracked_companies" in payload:
+        lines += _untracked_section(payload["untracked_companies"])
+    if payload.get("search_queries"):
+        lines += _search_section(payload["search_queries"])
+    return "\n" + "\n".join(lines) if lines else ""
 
 
 def grader_line(payload: dict[str, Any]) -> str:

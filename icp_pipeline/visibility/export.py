@@ -1,10 +1,11 @@
-"""Raw facts for BI: an org's runs, mentions, citations, claims, per-run company metrics and the published
-per-cycle rates as tidy tables in Parquet or CSV, each with a documented schema (TABLES; written next to
-the data as schema.json and, in Parquet, as field metadata).
+"""Raw facts for BI: an org's runs, mentions, citations, claims, per-run company metrics, the published
+per-cycle rates and the snapshots' evidence sections (visibility per ICP segment, citations by source
+category, untracked companies, search fan-out) as tidy tables in Parquet or CSV, each with a documented
+schema (TABLES; written next to the data as schema.json and, in Parquet, as field metadata).
 
 - Rows are read as columns with SQL and streamed in batches (BATCH_ROWS), never as ORM objects.
-- `company_rates` is taken from each cycle's stored analytics snapshot, so it is exactly what was
-  published; the other tables are the facts a BI tool rebuilds those rates from.
+- `company_rates` and the evidence tables are taken from each cycle's stored analytics snapshot, so
+  they are exactly what was published; the other tables are the facts a BI tool rebuilds the rates from.
 - Text from models and org files is data. Parquet keeps it exact. In CSV a text cell that starts with
   = + - @, a tab, a carriage return or ' gets one leading ' so no spreadsheet runs it as a formula
   (OWASP "CSV injection"); a reader recovers the exact text by removing that one quote.
@@ -41,6 +42,7 @@ from icp_pipeline.db.models import (
     Question,
     QuestionRun,
 )
+from icp_pipeline.visibility.analytics import SegmentLabel
 from icp_pipeline.visibility.cycles import require_org
 from icp_pipeline.visibility.rollup import counted_in_analytics
 
@@ -51,7 +53,7 @@ SCHEMA_FILE = "schema.json"
 # Leading characters a spreadsheet may read as a formula (OWASP), and the escape quote itself, so the
 # escape can always be undone.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
-SCOPES = ("overall", "by_model", "by_location", "by_question")
+SCOPES = ("overall", "by_model", "by_location", "by_question", "by_segment")
 
 
 class ExportError(ValueError):
@@ -278,11 +280,16 @@ COMPANY_RATES = TableSpec(
         _c("cycle_id", INT, "The cycle whose snapshot this is."),
         _c("analytics_version", TEXT, "The analytics code version."),
         _n("generated_at", TIME, "When the snapshot was computed."),
-        _c("scope", TEXT, "overall | by_model | by_location | by_question (the payload section)."),
+        _c(
+            "scope",
+            TEXT,
+            "overall | by_model | by_location | by_question | by_segment (the payload section).",
+        ),
         _n(
             "scope_key",
             TEXT,
-            "The group: runs.model_key, runs.location or runs.question_key; null for overall.",
+            "The group: runs.model_key, runs.location, runs.question_key or the segment id "
+            "(segment_visibility.segment_id, as text); null for overall.",
         ),
         _n("company_id", INT, "The company with this name now; null if it was renamed or removed."),
         _c("company_name", TEXT, "The company as named in the snapshot (untrusted text)."),
@@ -327,6 +334,104 @@ COMPANY_RATES = TableSpec(
     ),
 )
 
+SEGMENT_VISIBILITY = TableSpec(
+    "segment_visibility",
+    "One row per cycle x ICP segment of the snapshot's by_segment: the target's rates over the latest runs "
+    "of the questions generated from that segment, next to the segment's fit score (the gap view). The "
+    "rates are the snapshot's; name, questions and fit score are the database's at export time.",
+    (
+        _c("org_id", TEXT, "The org."),
+        _c("cycle_id", INT, "The cycle whose snapshot this is."),
+        _c("segment_id", INT, "The segment (the payload's by_segment key; company_rates.scope_key)."),
+        _n("segment_key", TEXT, "The segment's id in its site file; null if the segment was deleted."),
+        _n("site_id", TEXT, "The segment's site; null if the segment was deleted."),
+        _n("segment_name", TEXT, "The segment's name (untrusted text: from a site file or a model)."),
+        _n("questions", INT, "The org's active questions generated from the segment at export time."),
+        _c("runs", INT, "Runs of the segment's questions counted (denominator of mention_rate)."),
+        _c("mentioned_runs", INT, "Of them, runs that name the target (numerator)."),
+        _n("mention_rate", FLOAT, "The target's mentioned_runs / runs."),
+        _n("mention_rate_ci_low", FLOAT, "Wilson 95% interval of mention_rate, lower bound."),
+        _n("mention_rate_ci_high", FLOAT, "Wilson 95% interval of mention_rate, upper bound."),
+        _n("share_of_voice", FLOAT, "The target's share of the segment's runs' mentions."),
+        _n("share_of_voice_ci_low", FLOAT, "95% interval of share_of_voice, lower bound."),
+        _n("share_of_voice_ci_high", FLOAT, "95% interval of share_of_voice, upper bound."),
+        _n("fit_score", FLOAT, "The segment's ICP fit score (0..1) at export time; null without a build."),
+        _n("gap", FLOAT, "fit_score - mention_rate: the site fits the segment, assistants do not name it."),
+    ),
+)
+
+CITATION_CATEGORIES = TableSpec(
+    "citation_categories",
+    "One row per cycle x source category of the snapshot's citations.by_category: cited URLs and, apart "
+    "from them, URLs the engine retrieved but did not cite.",
+    (
+        _c("org_id", TEXT, "The org."),
+        _c("cycle_id", INT, "The cycle whose snapshot this is."),
+        _n(
+            "category",
+            TEXT,
+            "owned | competitor | review | ugc | reference | news_blog | other; null for citations stored "
+            "before categories existed.",
+        ),
+        _c("citations", INT, "Cited URLs of the category in the latest runs."),
+        _c("runs", INT, "Latest runs citing one."),
+        _c("retrieved_citations", INT, "URLs of the category retrieved but not cited."),
+        _c("retrieved_runs", INT, "Latest runs that retrieved one without citing it."),
+    ),
+)
+
+UNTRACKED_COMPANIES = TableSpec(
+    "untracked_companies",
+    "One row per cycle x company the latest answers name that the org does not track (the snapshot's "
+    "untracked_companies: the first 50 by runs, then mentions).",
+    (
+        _c("org_id", TEXT, "The org."),
+        _c("cycle_id", INT, "The cycle whose snapshot this is."),
+        _c("rank", INT, "1 = named by the most runs."),
+        _c("name", TEXT, "The name as written in an answer or a claim (untrusted text: model output)."),
+        _c("name_key", TEXT, "The normalised name the rows are grouped by."),
+        _c("runs", INT, "Latest runs naming it."),
+        _c("mentions", INT, "Times their answers name it."),
+        _c("claims", INT, "Claims about it."),
+        _c("sources", TEXT, "Where it was found (claim, text), as a JSON array of strings."),
+        _c("example_runs", TEXT, "Partition keys of up to 3 of its runs, as a JSON array of strings."),
+    ),
+)
+
+SEARCH_SUMMARY = TableSpec(
+    "search_summary",
+    "One row per cycle x scope of the snapshot's search_queries: how many latest runs searched the web and "
+    "how many queries they issued, overall and per model.",
+    (
+        _c("org_id", TEXT, "The org."),
+        _c("cycle_id", INT, "The cycle whose snapshot this is."),
+        _c("scope", TEXT, "overall | by_model."),
+        _n("model_key", TEXT, "by_model rows: provider/model (runs.model_key); null for overall."),
+        _c("runs", INT, "Latest runs."),
+        _c("runs_with_searches", INT, "Of them, runs that issued a web search."),
+        _c("queries", INT, "Searches issued."),
+        _c("distinct_queries", INT, "Distinct (normalised) queries."),
+        _n("queries_per_searching_run", FLOAT, "queries / runs_with_searches; null when none searched."),
+    ),
+)
+
+SEARCH_QUERIES = TableSpec(
+    "search_queries",
+    "One row per cycle x scope x top query of the snapshot's search_queries (top 20 overall, top 10 per "
+    "model), most runs first.",
+    (
+        _c("org_id", TEXT, "The org."),
+        _c("cycle_id", INT, "The cycle whose snapshot this is."),
+        _c("scope", TEXT, "overall | by_model."),
+        _n("model_key", TEXT, "by_model rows: provider/model (runs.model_key); null for overall."),
+        _c("rank", INT, "1 = issued by the most runs."),
+        _c("query", TEXT, "The query as the engine issued it, normalised (untrusted text: model output)."),
+        _c("runs", INT, "Runs that issued it."),
+        _c("issued", INT, "Times issued."),
+        _c("example_run_ids", TEXT, "Up to 3 of those runs (runs.run_id), as a JSON array of integers."),
+    ),
+)
+
 TABLES: tuple[TableSpec, ...] = (
     CYCLES,
     COMPANIES,
@@ -336,6 +441,11 @@ TABLES: tuple[TableSpec, ...] = (
     CLAIMS,
     RUN_COMPANY_METRICS,
     COMPANY_RATES,
+    SEGMENT_VISIBILITY,
+    CITATION_CATEGORIES,
+    UNTRACKED_COMPANIES,
+    SEARCH_SUMMARY,
+    SEARCH_QUERIES,
 )
 
 
@@ -628,16 +738,135 @@ def rate_rows(
             )
 
 
-def _rate_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
-    company_ids = {name: company_id for company_id, name in scope.company_names.items()}
+def _payloads(session: Session, scope: _Scope) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(cycle id, snapshot payload) of the exported cycles that have one, oldest first."""
     snapshot_ids = session.execute(
         select(AnalyticsSnapshot.id, AnalyticsSnapshot.cycle_id)
         .where(AnalyticsSnapshot.org_id == scope.org_id, AnalyticsSnapshot.cycle_id.in_(scope.cycle_ids))
         .order_by(AnalyticsSnapshot.cycle_id)
     ).all()
     for snapshot_id, cycle_id in snapshot_ids:  # one payload in memory at a time
-        payload = session.scalar(select(AnalyticsSnapshot.payload).where(AnalyticsSnapshot.id == snapshot_id))
+        yield (
+            cycle_id,
+            session.scalar(select(AnalyticsSnapshot.payload).where(AnalyticsSnapshot.id == snapshot_id)),
+        )
+
+
+def _rate_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
+    company_ids = {name: company_id for company_id, name in scope.company_names.items()}
+    for cycle_id, payload in _payloads(session, scope):
         yield from rate_rows(scope.org_id, cycle_id, payload, company_ids)
+
+
+def segment_rows(
+    org_id: str, cycle_id: int, payload: dict[str, Any], labels: dict[str, SegmentLabel]
+) -> Iterator[tuple]:
+    """The segment_visibility rows of one snapshot payload (segment id order)."""
+    for key, companies in sorted(payload.get("by_segment", {}).items(), key=lambda item: int(item[0])):
+        target = next((row for row in companies if row.get("is_target")), None)
+        if target is None:
+            continue
+        label = labels.get(key)
+        rate, fit = target.get("mention_rate"), label.fit_score if label else None
+        yield (
+            org_id,
+            cycle_id,
+            int(key),
+            label.key if label else None,
+            label.site_id if label else None,
+            label.name if label else None,
+            label.questions if label else None,
+            target["runs"],
+            target["mentioned_runs"],
+            rate,
+            *_interval(target, "mention_rate_ci"),
+            target.get("share_of_voice"),
+            *_interval(target, "share_of_voice_ci"),
+            fit,
+            round(fit - rate, 6) if fit is not None and rate is not None else None,
+        )
+
+
+def _segment_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
+    # Imported here: the segments package imports the provider code, which the other tables do not need.
+    from icp_pipeline.segments.report import org_segment_labels
+
+    for cycle_id, payload in _payloads(session, scope):
+        labels = org_segment_labels(session, scope.org_id, list(payload.get("by_segment", {})))
+        yield from segment_rows(scope.org_id, cycle_id, payload, labels)
+
+
+def _category_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
+    for cycle_id, payload in _payloads(session, scope):
+        for row in (payload.get("citations") or {}).get("by_category", []):
+            yield (
+                scope.org_id,
+                cycle_id,
+                row["category"],
+                row["citations"],
+                row["runs"],
+                row["retrieved_citations"],
+                row["retrieved_runs"],
+            )
+
+
+def _untracked_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
+    for cycle_id, payload in _payloads(session, scope):
+        for rank, row in enumerate(payload.get("untracked_companies", []), start=1):
+            yield (
+                scope.org_id,
+                cycle_id,
+                rank,
+                row["name"],
+                row["name_key"],
+                row["runs"],
+                row["mentions"],
+                row["claims"],
+                json.dumps(list(row["sources"])),
+                json.dumps(list(row["example_runs"]), ensure_ascii=False),
+            )
+
+
+def _search_blocks(payload: dict[str, Any]) -> Iterator[tuple[str, str | None, dict[str, Any]]]:
+    searches = payload.get("search_queries")
+    if not searches:
+        return
+    yield "overall", None, searches
+    for model, block in sorted(searches.get("by_model", {}).items()):
+        yield "by_model", model, block
+
+
+def _search_summary_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
+    for cycle_id, payload in _payloads(session, scope):
+        for kind, model, block in _search_blocks(payload):
+            yield (
+                scope.org_id,
+                cycle_id,
+                kind,
+                model,
+                block["runs"],
+                block["runs_with_searches"],
+                block["queries"],
+                block["distinct_queries"],
+                block.get("queries_per_searching_run"),
+            )
+
+
+def _search_query_rows(session: Session, scope: _Scope) -> Iterator[tuple]:
+    for cycle_id, payload in _payloads(session, scope):
+        for kind, model, block in _search_blocks(payload):
+            for rank, row in enumerate(block.get("top", []), start=1):
+                yield (
+                    scope.org_id,
+                    cycle_id,
+                    kind,
+                    model,
+                    rank,
+                    row["query"],
+                    row["runs"],
+                    row["issued"],
+                    json.dumps(list(row["example_run_ids"])),
+                )
 
 
 PRODUCERS: dict[str, Callable[[Session, _Scope], Iterator[tuple]]] = {
@@ -649,6 +878,11 @@ PRODUCERS: dict[str, Callable[[Session, _Scope], Iterator[tuple]]] = {
     "claims": _claim_rows,
     "run_company_metrics": _metric_rows,
     "company_rates": _rate_rows,
+    "segment_visibility": _segment_rows,
+    "citation_categories": _category_rows,
+    "untracked_companies": _untracked_rows,
+    "search_summary": _search_summary_rows,
+    "search_queries": _search_query_rows,
 }
 
 

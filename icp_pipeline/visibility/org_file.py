@@ -4,6 +4,7 @@ import hashlib
 import json
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -516,22 +517,25 @@ def org_warnings(spec: OrgSpec) -> list[str]:
 # --- Cycle size --------------------------------------------------------------------------------------
 
 
-def runs_per_cycle(spec: OrgSpec, segment_questions: int = 0) -> int:
+def runs_per_cycle(spec: OrgSpec, segment_questions: Sequence[str] = ()) -> int:
     """Question runs a cycle of this org opens: questions x locations x each model's samples. The
-    questions are the file's plus `segment_questions` (active questions generated from segment ICPs,
-    which the database holds, not the file)."""
+    questions are the file's plus `segment_questions` (the texts of the active questions generated
+    from segment ICPs, which the database holds, not the file)."""
     samples = sum(map(spec.samples_of, spec.models))
-    return (len(spec.question_specs()) + segment_questions) * len(spec.locations) * samples
+    return (len(spec.question_specs()) + len(segment_questions)) * len(spec.locations) * samples
 
 
-def cycle_estimate(spec: OrgSpec) -> estimate.PurchaseEstimate:
-    """What a full cycle would buy at list prices if every non-offline model is called for real."""
+def cycle_estimate(spec: OrgSpec, segment_questions: Sequence[str] = ()) -> estimate.PurchaseEstimate:
+    """What a full cycle would buy at list prices if every non-offline model is called for real: the
+    file's questions and `segment_questions` (as runs_per_cycle counts them), each asked per model,
+    location and sample."""
+    texts = [question.text for question in spec.question_specs()] + list(segment_questions)
     total = estimate.PurchaseEstimate()
     for model in spec.models:
         grader = spec.grader or model
         calls = []
-        for question in spec.question_specs():
-            chars = estimate.answer_chars(question.text)
+        for text in texts:
+            chars = estimate.answer_chars(text)
             calls.append(estimate.PlannedCall("answer", model.provider, model.model, chars))
             calls.append(estimate.PlannedCall("claims", grader.provider, grader.model))
         part = estimate.estimate(calls, lambda provider, _model: provider != "offline")
@@ -544,15 +548,15 @@ def cycle_estimate(spec: OrgSpec) -> estimate.PurchaseEstimate:
     return total
 
 
-def large_cycle_problem(spec: OrgSpec, segment_questions: int = 0) -> str | None:
+def large_cycle_problem(spec: OrgSpec, segment_questions: Sequence[str] = ()) -> str | None:
     """Why a cycle of this org is larger than MAX_RUNS_PER_CYCLE, with its estimated cost; None if not."""
     runs = runs_per_cycle(spec, segment_questions)
     if runs <= MAX_RUNS_PER_CYCLE:
         return None
     return (
         f"questions x models x locations x samples: {runs:,} question runs per cycle exceed the limit of "
-        f"{MAX_RUNS_PER_CYCLE:,}; every cycle would buy {cycle_estimate(spec).describe()}. If that is "
-        "deliberate, load it with `icp-pipeline org load --allow-large FILE`"
+        f"{MAX_RUNS_PER_CYCLE:,}; every cycle would buy {cycle_estimate(spec, segment_questions).describe()}. "
+        "If that is deliberate, load it with `icp-pipeline org load --allow-large FILE`"
     )
 
 

@@ -216,6 +216,48 @@ def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, m
     by_question = [r for r in rates if r["scope"] == "by_question"]
     assert len(by_question) == 3 * 3 and all(r["stability_combinations"] == 2 for r in by_question)
 
+    # The evidence sections are the payload's, flattened (BI_ORG has no `icp:`, so no segment rows).
+    assert parquet_rows(folder, "segment_visibility") == []
+    assert [
+        (
+            r["cycle_id"],
+            r["category"],
+            r["citations"],
+            r["runs"],
+            r["retrieved_citations"],
+            r["retrieved_runs"],
+        )
+        for r in parquet_rows(folder, "citation_categories")
+    ] == [
+        (cycle_id, c["category"], c["citations"], c["runs"], c["retrieved_citations"], c["retrieved_runs"])
+        for c in payload["citations"]["by_category"]
+    ]
+    assert len(payload["citations"]["by_category"]) >= 7
+    assert [
+        (r["rank"], r["name"], r["name_key"], r["runs"], r["mentions"], json.loads(r["example_runs"]))
+        for r in parquet_rows(folder, "untracked_companies")
+    ] == [
+        (i, u["name"], u["name_key"], u["runs"], u["mentions"], u["example_runs"])
+        for i, u in enumerate(payload["untracked_companies"], start=1)
+    ]
+    searches = payload["search_queries"]
+    blocks = [
+        ("overall", None, searches),
+        *(("by_model", m, b) for m, b in sorted(searches["by_model"].items())),
+    ]
+    assert [
+        (r["scope"], r["model_key"], r["runs"], r["runs_with_searches"], r["queries"])
+        for r in parquet_rows(folder, "search_summary")
+    ] == [(s, m, b["runs"], b["runs_with_searches"], b["queries"]) for s, m, b in blocks]
+    assert [
+        (r["scope"], r["model_key"], r["rank"], r["query"], r["runs"], r["issued"])
+        for r in parquet_rows(folder, "search_queries")
+    ] == [
+        (s, m, i, q["query"], q["runs"], q["issued"])
+        for s, m, b in blocks
+        for i, q in enumerate(b["top"], start=1)
+    ]
+
     # Both formats hold the same rows, value for value (CSV typed by schema.json).
     document = json.loads((exported["csv"] / "schema.json").read_text(encoding="utf-8"))
     assert document["csv"]["formula_escape"].startswith("a text cell starting with =")
@@ -232,7 +274,7 @@ def test_export_rebuilds_the_published_rates_in_both_formats(exported, capsys, m
     for _ in range(2):
         args = ["org", "export", "bi", "--cycle", str(cycle_id), "--format", "csv", "--out", str(one)]
         assert main(args) == 0
-    assert len(list(one.iterdir())) == 9  # 8 tables and schema.json, no temporary file left
+    assert len(list(one.iterdir())) == len(export.TABLES) + 1 == 14  # and schema.json, no temporary file
     assert json.loads((one / "schema.json").read_text())["cycle_ids"] == [cycle_id]
     assert csv_rows(one, "runs") == csv_rows(exported["csv"], "runs")
 
@@ -332,3 +374,153 @@ def test_export_errors_name_the_problem_and_an_org_without_cycles_exports_empty_
         (cycle_id, False, 12)
     ]
     assert csv_rows(out, "company_rates") == []
+
+
+# A segment name (site file or model), an untracked company and a search query (model output) that
+# would run as a spreadsheet formula, drive a terminal or render as markup: exported as data.
+HOSTILE = '=HYPERLINK("http://evil.example")|\x1b[2J <img src=x>\n**b**'
+
+
+def test_export_writes_the_evidence_sections_with_hostile_text_as_data(app_db: str, tmp_path: Path) -> None:
+    from icp_pipeline.db.models import Cycle, Question, Segment, SegmentResult, Site
+
+    with session_scope(app_db) as session:
+        upsert_org(session, parse_org_text(yaml.safe_dump(BI_ORG)))
+        session.add(
+            Site(id="shop", name="Shop", url="https://shop.example", description="d", config_sha256="0")
+        )
+        session.flush()
+        segment = Segment(
+            site_id="shop",
+            key="evil",
+            partition_key="shop|evil",
+            name=HOSTILE,
+            description="d",
+            source="generated",
+        )
+        session.add(segment)
+        session.flush()
+        session.add(
+            SegmentResult(
+                segment_id=segment.id,
+                success=True,
+                analysis={"fit_score": 0.75},
+                provider="offline",
+                model="m",
+            )
+        )
+        for i, status in enumerate(["active", "active", "retired"]):
+            session.add(
+                Question(
+                    org_id="bi",
+                    key=f"s-{i}",
+                    text=f"generated {i}",
+                    source="segment",
+                    segment_id=segment.id,
+                    active=status == "active",
+                    status=status,
+                )
+            )
+        cycle = Cycle(org_id="bi", status="succeeded")
+        session.add(cycle)
+        session.flush()
+        target = {
+            "name": "Acme",
+            "is_target": True,
+            "runs": 4,
+            "mentioned_runs": 1,
+            "mention_rate": 0.25,
+            "mention_rate_ci": [0.05, 0.7],
+            "share_of_voice": 0.5,
+            "share_of_voice_ci": [0.0, 1.0],
+            "cited_runs": 0,
+        }
+        block = {
+            "runs": 4,
+            "runs_with_searches": 2,
+            "queries": 3,
+            "distinct_queries": 2,
+            "queries_per_searching_run": 1.5,
+            "top": [{"query": HOSTILE, "runs": 2, "issued": 2, "example_run_ids": [7, 9]}],
+        }
+        payload = {
+            "org_id": "bi",
+            "companies": [target],
+            "by_segment": {str(segment.id): [target]},
+            "citations": {
+                "total": 0,
+                "domains": [],
+                "by_category": [
+                    {
+                        "category": None,
+                        "citations": 1,
+                        "runs": 1,
+                        "retrieved_citations": 2,
+                        "retrieved_runs": 1,
+                    }
+                ],
+            },
+            "untracked_companies": [
+                {
+                    "name": HOSTILE,
+                    "name_key": "evil",
+                    "runs": 3,
+                    "mentions": 5,
+                    "claims": 1,
+                    "sources": ["claim", "text"],
+                    "example_runs": ["bi|q|m|US"],
+                }
+            ],
+            "search_queries": {**block, "by_model": {"openai/gpt-4o-mini": block}},
+        }
+        session.add(AnalyticsSnapshot(org_id="bi", cycle_id=cycle.id, payload=payload, analytics_version="t"))
+        segment_id, cycle_id = segment.id, cycle.id
+    for fmt in ("parquet", "csv"):
+        assert main(["org", "export", "bi", "--format", fmt, "--out", str(tmp_path / fmt)]) == 0
+    for fmt, read in (("parquet", parquet_rows), ("csv", csv_rows)):
+        folder = tmp_path / fmt
+        assert read(folder, "segment_visibility") == [
+            {
+                "org_id": "bi",
+                "cycle_id": cycle_id,
+                "segment_id": segment_id,
+                "segment_key": "evil",
+                "site_id": "shop",
+                "segment_name": HOSTILE,
+                "questions": 2,
+                "runs": 4,
+                "mentioned_runs": 1,
+                "mention_rate": 0.25,
+                "mention_rate_ci_low": 0.05,
+                "mention_rate_ci_high": 0.7,
+                "share_of_voice": 0.5,
+                "share_of_voice_ci_low": 0.0,
+                "share_of_voice_ci_high": 1.0,
+                "fit_score": 0.75,
+                "gap": 0.5,
+            }
+        ]
+        rates = [r for r in read(folder, "company_rates") if r["scope"] == "by_segment"]
+        assert [(r["scope_key"], r["company_name"], r["runs"]) for r in rates] == [
+            (str(segment_id), "Acme", 4)
+        ]
+        assert [(r["category"], r["retrieved_citations"]) for r in read(folder, "citation_categories")] == [
+            (None if fmt == "parquet" else "", 2)  # CSV cannot tell null text from empty
+        ]
+        untracked = read(folder, "untracked_companies")
+        assert [(u["name"], u["runs"], u["mentions"], json.loads(u["sources"])) for u in untracked] == [
+            (HOSTILE, 3, 5, ["claim", "text"])
+        ]
+        queries = read(folder, "search_queries")
+        assert [
+            (q["scope"], q["model_key"] or None, q["query"], json.loads(q["example_run_ids"]))
+            for q in queries
+        ] == [
+            ("overall", None, HOSTILE, [7, 9]),
+            ("by_model", "openai/gpt-4o-mini", HOSTILE, [7, 9]),
+        ]
+    # In the CSV files themselves the formula is quoted: no cell a spreadsheet would run.
+    for table in ("segment_visibility", "untracked_companies", "search_queries"):
+        with (tmp_path / "csv" / f"{table}.csv").open(encoding="utf-8", newline="") as stream:
+            cells = [cell for row in csv.reader(stream) for cell in row]
+        assert "'" + HOSTILE in cells and HOSTILE not in cells, table

@@ -5,6 +5,7 @@ subprocesses under a time limit and an address-space limit, so a file that once 
 gigabytes (a 1.1 KB YAML alias bomb, a 50 MB file) fails the test instead of the machine.
 """
 
+import json
 import os
 import resource
 import subprocess
@@ -16,7 +17,17 @@ import pytest
 import yaml
 
 from icp_pipeline.cli.main import main
-from icp_pipeline.db.models import AnalyticsSnapshot, Company, Cycle, Org, OrgModel, Question, Segment, Site
+from icp_pipeline.db.models import (
+    AnalyticsSnapshot,
+    Company,
+    Cycle,
+    Org,
+    OrgModel,
+    Question,
+    Segment,
+    SegmentResult,
+    Site,
+)
 from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.limits import MAX_PROMPT_CHARS
 from icp_pipeline.segments.prompts import comparison_prompt, icp_prompt, segments_prompt
@@ -264,6 +275,134 @@ def test_org_report_prints_names_inert(app_db: str, capsys: pytest.CaptureFixtur
     assert "| AcmeX | yes |" in out
     assert not any(ch in out for ch in "\x1b\x07\u202e\u200b")
     assert "pwned" not in out
+
+
+# Model output (or a name stored before names were checked): escapes, a bidi override, a newline,
+# markdown (a link, an image, emphasis, a cell separator) and HTML.
+HOSTILE_TEXT = "Evil\x1b]0;pwned\x07\x1b[2J\u202e|Co\n![x](http://evil.example/i.png) <img src=x> **b**"
+HOSTILE_SHOWN = "Evil\\|Co !\\[x\\](http://evil.example/i.png) \\<img src=x\\> \\*\\*b\\*\\*"
+
+
+def _company_row(name: str, is_target: bool, runs: int, mentioned: int) -> dict[str, object]:
+    return {
+        "name": name,
+        "is_target": is_target,
+        "runs": runs,
+        "mentioned_runs": mentioned,
+        "mention_rate": mentioned / runs,
+        "mention_rate_ci": [0.1, 0.7],
+        "share_of_voice": 0.25,
+        "average_position": 1.0,
+        "cited_runs": 0,
+    }
+
+
+def test_org_report_shows_the_evidence_sections_with_hostile_names_inert(
+    app_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By segment (name and question count from the database, fit from the ICP build), citations by
+    category, untracked companies and search queries: every model- or file-written text inert."""
+    assert main(["org", "load", str(EXAMPLE_ORG)]) == 0
+    with session_scope(app_db) as session:
+        session.add(
+            Site(id="shop", name="Shop", url="https://shop.example", description="d", config_sha256="0")
+        )
+        session.flush()
+        segment = Segment(
+            site_id="shop",
+            key="evil",
+            partition_key="shop|evil",
+            name=HOSTILE_TEXT,
+            description="d",
+            source="generated",
+        )
+        session.add(segment)
+        session.flush()
+        session.add(
+            SegmentResult(
+                segment_id=segment.id,
+                success=True,
+                analysis={"fit_score": 0.9},
+                provider="offline",
+                model="m",
+            )
+        )
+        for i, active in enumerate([True, True, False]):
+            session.add(
+                Question(
+                    org_id="acme",
+                    key=f"s-{i}",
+                    text=f"generated {i}",
+                    source="segment",
+                    segment_id=segment.id,
+                    active=active,
+                    status="active" if active else "retired",
+                )
+            )
+        cycle = Cycle(org_id="acme", status="succeeded")
+        session.add(cycle)
+        session.flush()
+        categories = [
+            {"category": c, "citations": 0, "runs": 0, "retrieved_citations": 0, "retrieved_runs": 0}
+            for c in ("owned", "competitor", "ugc", "reference", "news_blog", "other")
+        ]
+        categories.insert(
+            2,
+            {"category": "review", "citations": 7, "runs": 4, "retrieved_citations": 3, "retrieved_runs": 2},
+        )
+        block = {
+            "runs": 10,
+            "runs_with_searches": 5,
+            "queries": 8,
+            "distinct_queries": 6,
+            "queries_per_searching_run": 1.6,
+            "top": [{"query": HOSTILE_TEXT, "runs": 4, "issued": 5, "example_run_ids": [1]}],
+        }
+        payload = {
+            "org_id": "acme",
+            "companies": [_company_row("Acme", True, 10, 4)],
+            "runs": {"completed": 10, "failed": 0, "total": 10},
+            "by_segment": {
+                str(segment.id): [_company_row("Acme", True, 5, 2), _company_row("Globex", False, 5, 5)],
+                "999999": [_company_row("Acme", True, 3, 0)],  # a segment since deleted
+            },
+            "citations": {"total": 7, "domains": [], "by_category": categories},
+            "untracked_companies": [
+                {
+                    "name": HOSTILE_TEXT,
+                    "name_key": "evil",
+                    "runs": 6,
+                    "mentions": 9,
+                    "claims": 0,
+                    "sources": ["text"],
+                    "example_runs": ["k"],
+                }
+            ],
+            "search_queries": {**block, "by_model": {"offline/synthetic": block}},
+        }
+        session.add(
+            AnalyticsSnapshot(org_id="acme", cycle_id=cycle.id, payload=payload, analytics_version="t")
+        )
+    capsys.readouterr()
+    assert main(["org", "report", "acme"]) == 0
+    out = capsys.readouterr().out
+    assert not any(ch in out for ch in "\x1b\x07\u202e") and "pwned" not in out
+    lines = out.splitlines()
+    # Segment name, 2 active questions (the retired one not counted), runs, rate [CI] (n/N), SoV, gap.
+    assert f"| {HOSTILE_SHOWN} | 2 | 5 | 40% [10%, 70%] (2/5) | 25% | 0.50 |" in lines
+    assert "| segment 999999 (removed) | – | 3 | 0% [10%, 70%] (0/3) | 25% | – |" in lines
+    assert "| review | 7 | 4 | 3 | 2 |" in lines and "| owned | 0 | 0 | 0 | 0 |" in lines
+    assert f"| {HOSTILE_SHOWN} | 6 | 9 |" in lines  # untracked: runs, mentions
+    assert "5 of 10 runs searched the web: 8 queries, 6 distinct." in lines
+    assert f"| {HOSTILE_SHOWN} | 4 | 5 |" in lines  # top query: runs, issued
+    assert f"| offline/synthetic | 10 | 5 | 8 | {HOSTILE_SHOWN} (4) |" in lines
+    # Every table row has exactly its columns: no name split a row or started a new one.
+    for line in lines:
+        if line.startswith("| "):
+            assert line.replace("\\|", "").count("|") in {4, 6, 7, 9}, line
+    # --json is the payload as stored, names exactly as written.
+    assert main(["org", "report", "acme", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["untracked_companies"][0]["name"] == HOSTILE_TEXT
 
 
 # --- Validation and columns agree (PostgreSQL) --------------------------------------------------------

@@ -224,6 +224,16 @@ def scenario(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert outcome.total == 2 + len(rows)
     payload = check_by_segment(url, "shopco")
     assert set(payload["by_segment"]) == {str(segment_ids[k]) for k in KEYS}
+    # `org report` shows them per segment: name, active questions, runs and the target's n/N.
+    capsys.readouterr()
+    assert main(["org", "report", "shopco"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    for key, name in zip(KEYS, ["Independent merchants", "Commerce agencies"], strict=True):
+        target = next(r for r in payload["by_segment"][str(segment_ids[key])] if r["is_target"])
+        row = next(line for line in report if line.startswith(f"| {name} |"))
+        assert row.startswith(f"| {name} | {len(by_segment[key])} | {target['runs']} | ")
+        assert f"({target['mentioned_runs']}/{target['runs']})" in row
+    assert "## Citations by source category" in report and "## Top search queries (first 10)" in report
 
     # The gap view: per segment the target's mention rate and share of voice next to the fit score,
     # in `site report` and in the site summary's metadata.
@@ -396,3 +406,127 @@ def test_store_questions_dedups_across_segments_retires_and_revives(tmp_path: Pa
         ("How to track SKU velocity?", "active", True),
         ("What dashboards do shop owners use?", "retired", False),
     }
+
+
+OTHER_SITE = {
+    "id": "other",
+    "name": "Other",
+    "url": "https://other.example",
+    "description": "Another site.",
+    "segments": [{"id": "banks", "name": "Banks", "description": "Retail banks."}],
+}
+
+
+def test_org_load_retires_the_questions_of_a_site_the_org_no_longer_names(
+    app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`icp.site` changed or removed: the questions generated from the old site's segments (active or
+    proposed) are retired on `org load`, never deleted, their runs kept; the load says so, and counts
+    and prices only the generated questions that stay active."""
+    from icp_pipeline.segments.questions import (
+        LinkedOrg,
+        profile_digest,
+        segments_needing_questions,
+        store_questions,
+    )
+    from icp_pipeline.visibility.cycles import open_cycle
+
+    upgrade(app)
+    load_site(app, SITE)
+    load_site(app, OTHER_SITE)
+    profile = {"segment_name": "any"}
+    digest = profile_digest(profile, PER_SEGMENT, "offline", "synthetic")  # the built ICPs' questions
+    with session_scope(app) as session:
+        ids = dict(session.execute(sa.select(Segment.partition_key, Segment.id)).tuples().all())
+        for segment_id in ids.values():
+            session.add(
+                SegmentResult(
+                    segment_id=segment_id,
+                    success=True,
+                    profile=profile,
+                    provider="offline",
+                    model="synthetic",
+                )
+            )
+
+    def needing() -> dict[str, str]:
+        with session_scope(app) as session:
+            return dict(segments_needing_questions(session))
+
+    def load(data: dict[str, Any]) -> str:
+        path = tmp_path / "org.yaml"
+        path.write_text(yaml.safe_dump(data))
+        capsys.readouterr()
+        assert main(["org", "load", str(path)]) == 0
+        return capsys.readouterr().out
+
+    def store(segment: int, texts: list[str], activate: str = "auto") -> None:
+        proposal = SegmentQuestions(questions=[{"text": t, "persona_role": "CTO"} for t in texts])
+        with session_scope(app) as session:
+            store_questions(session, LinkedOrg("shopco", 3, activate), segment, proposal, digest, 3)
+
+    def statuses() -> dict[str, tuple[str, bool]]:
+        return {q.text: (q.status, q.active) for q in segment_rows(app)}
+
+    load(org_data())
+    first_markers = needing()
+    assert set(first_markers) == {"shop|merchants", "shop|agencies"}
+    store(ids["shop|merchants"], ["Which BI tool for shops?", "How to track SKU velocity?"])
+    store(ids["shop|agencies"], ["Who sells analytics to agencies?"], activate="review")  # proposed
+    # One generated question was asked: its run must survive the retirement.
+    with session_scope(app) as session:
+        cycle, _ = open_cycle(session, "shopco")
+        item = next(i for i in cycle.items if i.question.text == "Which BI tool for shops?")
+        session.add(
+            QuestionRun(
+                cycle_item_id=item.id,
+                org_id="shopco",
+                cycle_id=cycle.id,
+                partition_key=item.partition_key,
+                question_id=item.question_id,
+                model_id=item.model_id,
+                location_id=item.location_id,
+                provider="offline",
+                requested_model="synthetic",
+            )
+        )
+    # Reloading with the same site keeps them, and counts and prices the 2 active ones with the file's.
+    out = load(org_data())
+    assert "1 questions + 2 from segment ICPs (3 question runs per cycle)" in out
+    assert "a full cycle buys 6 model calls (3 answers + 3 claims)" in out and "retired" not in out
+
+    # The org now names another site: all 3 of the shop's questions retire (the proposed one too).
+    out = load(org_data(site="other"))
+    assert (
+        "retired 3 question(s) generated from segments of site 'shop' (its icp: names site 'other' now): "
+        "no longer asked, their runs kept"
+    ) in out
+    assert "1 questions (1 question runs per cycle)" in out and "a full cycle buys 2 model calls" in out
+    assert set(statuses().values()) == {("retired", False)} and len(statuses()) == 3
+    assert count(app, QuestionRun) == 1  # the run stays, with its (retired) question
+    assert "retired" not in load(org_data(site="other"))  # nothing left to retire: idempotent
+
+    # The other site's questions are kept while the org names it; removing `icp:` retires them.
+    store(ids["other|banks"], ["Which analytics suit a retail bank?"])
+    out = load(org_data(site="other"))
+    assert "+ 1 from segment ICPs" in out and "retired" not in out
+    data = org_data(site="other")
+    del data["icp"]
+    out = load(data)
+    assert (
+        "retired 1 question(s) generated from segments of site 'other' (the org file has no icp: block): "
+        "no longer asked, their runs kept"
+    ) in out
+    assert statuses()["Which analytics suit a retail bank?"] == ("retired", False)
+    assert len(segment_rows(app)) == 4  # never deleted
+    assert needing() == {}  # no org names a site
+
+    # Naming the shop again: its segments need their questions again, in a new state (the sensor's run
+    # key differs from the first link's), and the questions step revives the retired ones.
+    load(org_data())
+    markers = needing()
+    assert set(markers) == {"shop|merchants", "shop|agencies"}
+    assert all(markers[key] != first_markers[key] for key in markers)
+    store(ids["shop|merchants"], ["Which BI tool for shops?", "How to track SKU velocity?"])
+    assert statuses()["Which BI tool for shops?"] == ("active", True)
+    assert set(needing()) == {"shop|agencies"}

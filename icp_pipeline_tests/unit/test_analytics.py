@@ -369,7 +369,8 @@ def test_analytics_markdown_rows() -> None:
     assert "| Acme | yes | 4 | 2 | 50% [15%, 85%] | 40% | 1.50 | 2 |" in lines
     assert "| Globex |  | 4 | 3 | 75% [30%, 95%] | 60% | 1.33 | 1 |" in lines
     assert "| Initech |  | 4 | 0 | 0% [0%, 49%] | 0% | – | 0 |" in lines
-    assert sum(1 for line in lines if line.startswith("| ") and "---" not in line) == 1 + len(COMPANIES)
+    table = lines[: lines.index("")]  # the companies table; the evidence sections follow the footer
+    assert sum(1 for line in table if line.startswith("| ") and "---" not in line) == 1 + len(COMPANIES)
     assert "Runs: 4 completed, 1 failed, 5 total." in markdown
     assert "Synthetic" not in markdown
 

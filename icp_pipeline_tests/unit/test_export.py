@@ -59,3 +59,12 @@ def test_every_table_is_documented_and_has_a_producer() -> None:
     assert [t["name"] for t in document["tables"]] == [s.name for s in export.TABLES]
     assert "formula_escape" in document["csv"]
     assert "| `share_of_voice_denominator` | int64 |" in export.schema_markdown()
+
+
+def test_the_docs_list_every_table_as_the_schema_says() -> None:
+    """docs/export.md's Tables section is schema_markdown (regenerate it when a column changes)."""
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "export.md").read_text(encoding="utf-8")
+    tables = docs.split("## Tables\n", 1)[1]
+    assert tables.strip() == export.schema_markdown().replace("#### ", "### ").strip()

@@ -98,7 +98,8 @@ def test_the_markdown_footer_is_a_paragraph_after_the_table() -> None:
     lines = analytics_markdown(_payload(("openai", "gpt-4.1"), [])).splitlines()
     footer = next(i for i, line in enumerate(lines) if line.startswith("Runs:"))
     assert lines[footer - 1] == "" and lines[footer - 2].startswith("| Acme |")
-    assert lines[-1] == "Claims and sentiment graded by: none (no claims) (the org's grader)."
+    assert lines[footer + 1] == "Claims and sentiment graded by: none (no claims) (the org's grader)."
+    assert lines[footer + 2] == ""  # then the evidence sections, each after a blank line
 
 
 def test_snapshots_from_before_graders_print_no_grader_line() -> None:
