@@ -163,6 +163,7 @@ def timeline(instance, t0: float) -> dict[str, float]:  # noqa: ANN001 (dagster 
     kinds = dg.DagsterEventType
     phases: dict[str, list[float]] = {k: [] for k in ("queue", "spawn", "plan", "steps", "model_steps")}
     created, ended = [], []
+    busy: list[tuple[float, float]] = []  # model steps (start, end): the pool's slots in use
     for record in instance.get_run_records(RunsFilter(job_name="question_run_job")):
         run = record.dagster_run
         stamp = record.create_timestamp
@@ -186,6 +187,7 @@ def timeline(instance, t0: float) -> dict[str, float]:  # noqa: ANN001 (dagster 
                 model_steps[event.step_key] = event.timestamp
             elif kind == kinds.STEP_SUCCESS and event.step_key in model_steps:
                 phases["model_steps"].append(event.timestamp - model_steps[event.step_key])
+                busy.append((model_steps[event.step_key], event.timestamp))
         if {"starting", "process", "start", "end"} <= at.keys():
             phases["queue"].append(at["starting"] - created_at)
             phases["spawn"].append(at["process"] - at["starting"])
@@ -201,11 +203,24 @@ def timeline(instance, t0: float) -> dict[str, float]:  # noqa: ANN001 (dagster 
         default=float("nan"),
     )
     return {
+        "pool_full": pool_full_share(busy, min(created), max(ended)) if created and ended else float("nan"),
         "first_run": min(created) - t0 if created else float("nan"),
         **{name: median(values) for name, values in phases.items()},
         "rollup": rollup_end - max(ended) if ended else float("nan"),
         "runs": len(created),
     }
+
+
+def pool_full_share(busy: list[tuple[float, float]], start: float, end: float) -> float:
+    """Share of the question runs' span (first created -> last ended) with all POOL slots in model
+    steps (a step's span includes its own Dagster overhead, so this is an upper bound)."""
+    edges = sorted([(t, 1) for t, _ in busy] + [(t, -1) for _, t in busy])
+    full, level, last = 0.0, 0, start
+    for at, change in edges:
+        if level >= POOL:
+            full += at - last
+        level, last = level + change, at
+    return full / (end - start) if end > start else float("nan")
 
 
 def leftovers(instance) -> str:  # noqa: ANN001
@@ -340,7 +355,7 @@ def print_result(r: dict) -> None:
     if r["orgs"] > 1:
         print(f"  runs/min {r['runs'] / r['wall'] * 60:.0f}")
     print(
-        f"  load cmd {r['load_cmd']:.1f} s; {r['leftovers']}; cpu from load to push {r['cpu_path']:.0f} s (/proc), "
+        f"  pool full {r['pool_full']:.0%} of the runs' span; load cmd {r['load_cmd']:.1f} s; {r['leftovers']}; cpu from load to push {r['cpu_path']:.0f} s (/proc), "
         f"after warm-up {r['cpu']:.0f} s (rusage); PostgreSQL backends {r['pg_cpu']:.0f} s; "
         f"machine busy {r['machine_busy']:.0%} of its cores (every process, other work included)",
         flush=True,

@@ -32,6 +32,7 @@ from dagster._core.workspace.load import location_origin_from_module_name
 
 from icp_pipeline.instance.forkserver_launcher import (
     WORKER_TAG,
+    ForkServer,
     ForkserverRunLauncher,
     _process_state,
     worker_alive,
@@ -295,6 +296,39 @@ def test_a_preload_that_fails_to_import_fails_the_launch() -> None:
         with pytest.raises(DagsterLaunchFailedError, match="no_such_module"):
             instance.launch_run(run_id, None)  # type: ignore[arg-type]
         assert status_of(instance, run_id) == DagsterRunStatus.FAILURE
+
+
+def test_a_code_change_on_disk_starts_a_new_fork_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edited project code is never run by a server that preloaded the old one (`dg dev`, a redeploy
+    with the daemon kept): the next fork comes from a new server that imported the new code."""
+    package = tmp_path / "stampedpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "code.py"
+    module.write_text(
+        "from pathlib import Path\nVERSION = 'old'\ndef write(path):\n    Path(path).write_text(VERSION)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    server = ForkServer(["stampedpkg.code"])
+    try:
+        out = tmp_path / "out"
+        server.fork("stampedpkg.code:write", [str(out)])
+        wait_until(lambda: out.exists() and out.read_text(), timeout=30, what="the first child's file")
+        first_server = server.pid
+        assert out.read_text() == "old"
+        server.fork("stampedpkg.code:write", [str(out)])  # unchanged code: the same server
+        assert server.pid == first_server
+        module.write_text(module.read_text().replace("'old'", "'new'"))
+        os.utime(module, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))  # a coarse mtime clock
+        out.unlink()
+        server.fork("stampedpkg.code:write", [str(out)])
+        wait_until(lambda: out.exists() and out.read_text(), timeout=30, what="the second child's file")
+        assert out.read_text() == "new"
+        assert server.pid != first_server
+    finally:
+        server.stop()
 
 
 # ------------------------------------------------------------------ latency, printed only
