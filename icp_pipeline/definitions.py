@@ -1,6 +1,7 @@
 """The code location: every domain under icp_pipeline/defs/ merged into one Definitions."""
 
 import dagster as dg
+from sqlalchemy.orm import configure_mappers
 
 # Steps waiting for a pool slot retry every 0.2 s and sleep in between, whatever the event log
 # (imported for its effect; see the module).
@@ -49,3 +50,9 @@ def build_defs(resources: dict[str, dg.ConfigurableResource]) -> dg.Definitions:
 
 
 defs = build_defs(resources_from_env())
+
+# SQLAlchemy configures the ORM mappers on the first query of each process (0.2-1 s here). Done at
+# import instead, so run workers forked from the fork server (icp_pipeline/instance/
+# forkserver_launcher.py), which imports this module, inherit them configured: py-spy showed the
+# first query of every question run spending ~15 % of the worker's CPU there.
+configure_mappers()
