@@ -67,6 +67,14 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
 WORKER_TAG = "icp/worker"
+
+# Dagster 1.13.27's queue (GlobalOpConcurrencyLimitsCounter, read on each dequeue pass) admits a run
+# only while its first step's pool has slots - pending steps - runs started less than this many
+# seconds ago (default 5) + op_granularity_run_buffer. The allowance covers a run that started but
+# has not yet asked for its slot. A forked worker asks within about 0.5 s, while the 5 s count a
+# started run twice (as started, and by the slot it then holds or waits for): at 1 s per model call
+# that throttled admission below the pool's pace (the pool was full for 35 % of the cycle).
+STARTED_RUN_SLOT_ENV = "DAGSTER_OP_CONCURRENCY_KEYS_ALLOTTED_FOR_STARTED_RUN_SECONDS"
 RUN_WORKER = f"{__name__}:run_worker"
 
 # Native libraries the code location imports start threads at load: OpenBLAS (numpy, via pandas) its
@@ -372,15 +380,21 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
     `watch_for_cancel` (default true): each worker polls its run's status (every
     `run_monitoring.cancellation_thread_poll_interval_seconds`, 10 s) so a terminate issued where
     its pid cannot be signalled (another host or container) still stops it.
+    `started_run_holds_slot_seconds` (default 1): how long the queue counts a just-started run as
+    holding a slot of its first step's pool (see STARTED_RUN_SLOT_ENV).
     """
 
     def __init__(
         self,
         preload_modules: Sequence[str] = (),
         watch_for_cancel: bool = True,
+        started_run_holds_slot_seconds: int = 1,
         inst_data: ConfigurableClassData | None = None,
     ):
         self._inst_data = inst_data
+        # Read by the queue's pool check in the daemon, the process that builds this launcher to
+        # launch. An operator's own setting of the variable wins.
+        os.environ.setdefault(STARTED_RUN_SLOT_ENV, str(started_run_holds_slot_seconds))
         self._watch_for_cancel = watch_for_cancel
         self._preload = tuple(dict.fromkeys([*BASE_PRELOAD, *preload_modules]))
         # Created on the first launch only: the webserver and CLI load this launcher with the instance
@@ -398,6 +412,7 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         return {
             "preload_modules": Field([str], is_required=False, default_value=[]),
             "watch_for_cancel": Field(bool, is_required=False, default_value=True),
+            "started_run_holds_slot_seconds": Field(int, is_required=False, default_value=1),
         }
 
     @classmethod
@@ -405,6 +420,7 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         return cls(
             preload_modules=config_value.get("preload_modules", ()),
             watch_for_cancel=config_value.get("watch_for_cancel", True),
+            started_run_holds_slot_seconds=config_value.get("started_run_holds_slot_seconds", 1),
             inst_data=inst_data,
         )
 

@@ -31,6 +31,7 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from dagster._core.workspace.load import location_origin_from_module_name
 
 from icp_pipeline.instance.forkserver_launcher import (
+    STARTED_RUN_SLOT_ENV,
     WORKER_TAG,
     ForkServer,
     ForkserverRunLauncher,
@@ -329,6 +330,32 @@ def test_a_code_change_on_disk_starts_a_new_fork_server(
         assert server.pid != first_server
     finally:
         server.stop()
+
+
+def test_the_launcher_tells_the_queue_a_started_run_asks_for_its_slot_within_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue's pool check reads the allowance from the environment on every pass; the launcher
+    sets it (default 1 s, configurable) unless the operator already did."""
+    from dagster._core.op_concurrency_limits_counter import GlobalOpConcurrencyLimitsCounter
+
+    monkeypatch.setenv(STARTED_RUN_SLOT_ENV, "")  # recorded, so the test's settings end with it
+    monkeypatch.delenv(STARTED_RUN_SLOT_ENV)
+    with dg.instance_for_test(overrides={"run_launcher": launcher_config([])}) as instance:
+        assert isinstance(instance.run_launcher, ForkserverRunLauncher)
+        assert os.environ[STARTED_RUN_SLOT_ENV] == "1"
+        counter = GlobalOpConcurrencyLimitsCounter(instance, [], [], concurrency_keys=set(), pool_limits=[])
+        assert counter._started_run_pools_allotted_seconds == 1  # what Dagster 1.13.27's queue uses
+    monkeypatch.delenv(STARTED_RUN_SLOT_ENV)
+    config = launcher_config([])
+    config["config"]["started_run_holds_slot_seconds"] = 3
+    with dg.instance_for_test(overrides={"run_launcher": config}) as instance:
+        assert instance.run_launcher is not None
+        assert os.environ[STARTED_RUN_SLOT_ENV] == "3"
+    monkeypatch.setenv(STARTED_RUN_SLOT_ENV, "7")  # the operator's own setting wins
+    with dg.instance_for_test(overrides={"run_launcher": launcher_config([])}) as instance:
+        assert instance.run_launcher is not None
+        assert os.environ[STARTED_RUN_SLOT_ENV] == "7"
 
 
 # ------------------------------------------------------------------ latency, printed only
