@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from sqlalchemy import Subquery, case, func, select
 from sqlalchemy.orm import Session
 
-from icp_pipeline.db.models import Citation, CycleItem, QuestionRun, UntrackedMention
+from icp_pipeline.db.models import Citation, CycleItem, UntrackedMention
 from icp_pipeline.visibility.source_categories import CATEGORIES, category_order
 
 # The payload's untracked companies: the first ones by runs then mentions, each with a few runs.
@@ -107,19 +107,53 @@ def untracked_companies(session: Session, latest: Subquery, limit: int = UNTRACK
     their answers name it (`mentions`), the claims about it (`claims`), where it was found
     (`sources`: text, claim) and the partition keys of its first runs (`example_runs`)."""
     mu = UntrackedMention
-    totals: dict[str, dict[str, Any]] = {}
-    for key, name, runs, mentions, claims, in_text, in_claims in session.execute(
+    # One statement: the mentions grouped per name and run first (a hash aggregate; a run has at
+    # most one text and one claim row per name), then per name by window over those rows, sorted
+    # once by name and run: the totals and the first runs (row_number) come from the same sort.
+    # (Before: count(DISTINCT run) in one statement, then DISTINCT (name, run) sorted again.)
+    per_run = (
         select(
             mu.name_key,
-            func.min(mu.name),
-            func.count(func.distinct(mu.question_run_id)),
-            func.sum(case((mu.source == "text", mu.occurrences), else_=0)),
-            func.sum(case((mu.source == "claim", mu.occurrences), else_=0)),
-            func.max(case((mu.source == "text", 1), else_=0)),
-            func.max(case((mu.source == "claim", 1), else_=0)),
+            mu.question_run_id.label("run_id"),
+            latest.c.cycle_item_id,
+            func.min(mu.name).label("name"),
+            func.sum(case((mu.source == "text", mu.occurrences), else_=0)).label("mentions"),
+            func.sum(case((mu.source == "claim", mu.occurrences), else_=0)).label("claims"),
+            func.max(case((mu.source == "text", 1), else_=0)).label("in_text"),
+            func.max(case((mu.source == "claim", 1), else_=0)).label("in_claims"),
         )
         .join(latest, latest.c.run_id == mu.question_run_id)
-        .group_by(mu.name_key)
+        .group_by(mu.name_key, mu.question_run_id, latest.c.cycle_item_id)
+        .subquery("per_run")
+    )
+    by_name = {"partition_by": per_run.c.name_key}
+    numbered = select(
+        per_run.c.name_key,
+        per_run.c.cycle_item_id,
+        func.row_number().over(**by_name, order_by=per_run.c.run_id).label("n"),
+        func.min(per_run.c.name).over(**by_name).label("name"),
+        func.count().over(**by_name).label("runs"),
+        func.sum(per_run.c.mentions).over(**by_name).label("mentions"),
+        func.sum(per_run.c.claims).over(**by_name).label("claims"),
+        func.max(per_run.c.in_text).over(**by_name).label("in_text"),
+        func.max(per_run.c.in_claims).over(**by_name).label("in_claims"),
+    ).subquery("numbered")
+    totals: dict[str, dict[str, Any]] = {}
+    examples: dict[str, list[str]] = defaultdict(list)
+    for key, partition_key, name, runs, mentions, claims, in_text, in_claims in session.execute(
+        select(
+            numbered.c.name_key,
+            CycleItem.partition_key,
+            numbered.c.name,
+            numbered.c.runs,
+            numbered.c.mentions,
+            numbered.c.claims,
+            numbered.c.in_text,
+            numbered.c.in_claims,
+        )
+        .join(CycleItem, CycleItem.id == numbered.c.cycle_item_id)
+        .where(numbered.c.n <= EXAMPLE_RUNS)
+        .order_by(numbered.c.name_key, numbered.c.n)
     ):
         totals[key] = {
             "name": name,
@@ -129,29 +163,6 @@ def untracked_companies(session: Session, latest: Subquery, limit: int = UNTRACK
             "claims": int(claims or 0),
             "sources": [s for s, present in (("claim", in_claims), ("text", in_text)) if present],
         }
-    per_run = (
-        select(mu.name_key, mu.question_run_id)
-        .join(latest, latest.c.run_id == mu.question_run_id)
-        .distinct()
-        .subquery("per_run")
-    )
-    numbered = (
-        select(
-            per_run.c.name_key,
-            per_run.c.question_run_id,
-            func.row_number()
-            .over(partition_by=per_run.c.name_key, order_by=per_run.c.question_run_id)
-            .label("n"),
-        )
-    ).subquery("numbered")
-    examples: dict[str, list[str]] = defaultdict(list)
-    for key, partition_key in session.execute(
-        select(numbered.c.name_key, CycleItem.partition_key)
-        .join(QuestionRun, QuestionRun.id == numbered.c.question_run_id)
-        .join(CycleItem, CycleItem.id == QuestionRun.cycle_item_id)
-        .where(numbered.c.n <= EXAMPLE_RUNS)
-        .order_by(numbered.c.name_key, numbered.c.question_run_id)
-    ):
         examples[key].append(partition_key)
     return _ranked(totals, examples, limit)
 
