@@ -158,7 +158,7 @@ def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
 _METRIC_VALUES = ("mentioned", "position", "cited")
 
 
-def _per_metric(org_id: str, latest: Subquery, labelled: bool) -> Subquery:
+def _per_metric(company_ids: list[int], latest: Subquery, labelled: bool) -> Subquery:
     """One row per latest run and active company with a metric (one row with no company for a run
     without any): the company's mentioned (0/1), position (0 unless mentioned) and cited (0/1), and
     per run, by window, its mentions of active companies and a row number (1 on one row of each run,
@@ -172,7 +172,10 @@ def _per_metric(org_id: str, latest: Subquery, labelled: bool) -> Subquery:
             case((mentioned, CompetitiveMetric.position), else_=0).label("position"),
             case((CompetitiveMetric.cited, 1), else_=0).label("cited"),
         )
-        .join(Company, _active_company(org_id))
+        # The org's active company ids (a few, bound), not a join to companies: the metric rows then
+        # come straight from the index in run order for the window, where a join needed a nested
+        # loop and a materialized copy of them (~0.3 s of 1.6 s at 200,000 runs on PostgreSQL).
+        .where(CompetitiveMetric.company_id.in_(company_ids))
         .subquery("metric")
     )
     per_run = {"partition_by": latest.c.run_id}
@@ -227,7 +230,12 @@ def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFram
     # A model id with two labels among its latest runs (renamed between cycles): its labels are keys
     # too (rare; strings, so the rows then take the slower generic path).
     ambiguous = bool(labels.duplicated("model_id").any())
-    rows = _per_metric(org_id, latest, labelled=ambiguous)
+    company_ids = list(
+        session.scalars(
+            select(Company.id).where(Company.org_id == org_id, Company.active).order_by(Company.id)
+        )
+    )
+    rows = _per_metric(company_ids, latest, labelled=ambiguous)
     id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
     keys = [*(rows.c[name] for name in id_keys), rows.c.company_id]
     first = rows.c.nth == 1
