@@ -5,8 +5,9 @@ The payload is the one analytics.compute_analytics makes from per-run facts (its
 counts come from one GROUP BY per question x model x location (cell) and company, in one pass over
 the metric rows (per-run mentions by window function), and every breakdown (overall, by model, by
 location, by question, by segment, stability) adds cells up. The latest runs are
-a subquery joined into each query: no list of run ids is ever sent (SQLite refuses more than 32,766
-variables, and such lists cost memory in proportion to the runs).
+computed once per build into a temporary table that each query joins (materialized_latest): no list
+of run ids is ever sent (SQLite refuses more than 32,766 variables, and such lists cost memory in
+proportion to the runs).
 
 Intervals of share of voice and average position: the percentile bootstrap over runs
 (stats.bootstrap_resamples) for orgs with at most stats.BOOTSTRAP_MAX_RUNS latest runs, whose runs
