@@ -176,6 +176,22 @@ def _block(
 
 def search_query_stats(session: Session, latest: Subquery) -> dict[str, Any]:
     """The payload's `search_queries` (see search_queries.search_query_stats) for rollup.org_analytics."""
+    searched = session.execute(
+        select(SearchQuery.id).join(latest, latest.c.run_id == SearchQuery.question_run_id).limit(1)
+    ).first()
+    if searched is None:
+        # No run searched (no web search): only the runs per model label, without the count(DISTINCT)
+        # joins over every latest run; the rest are zeros and empty lists, as they would count.
+        runs_per_label = session.execute(
+            select(func.count(), latest.c.provider, latest.c.requested_model).group_by(
+                latest.c.provider, latest.c.requested_model
+            )
+        ).all()
+        labels = {f"{provider}/{model}": runs for runs, provider, model in runs_per_label}
+        return {
+            **_block(sum(labels.values()), 0, 0, 0, []),
+            "by_model": {label: _block(labels[label], 0, 0, 0, []) for label in sorted(labels)},
+        }
     counts = [
         func.count(func.distinct(latest.c.run_id)),
         func.count(func.distinct(SearchQuery.question_run_id)),

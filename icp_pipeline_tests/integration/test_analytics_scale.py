@@ -25,7 +25,7 @@ from icp_pipeline.db.models import (
     UntrackedMention,
 )
 from icp_pipeline.db.session import session_scope, upgrade
-from icp_pipeline.visibility import analytics, stats, steps
+from icp_pipeline.visibility import analytics, rollup, stats, steps
 from icp_pipeline.visibility.claims import org_grader
 from icp_pipeline.visibility.cycles import latest_cycle
 from icp_pipeline_tests.support.big_org import OrgShape, build_org
@@ -295,3 +295,41 @@ def test_sqlite_counts_more_latest_runs_than_its_variable_limit(tmp_path: Path) 
     assert sum(r["runs"] for rows in [payload["by_model"]] for r in [v[0] for v in rows.values()]) == 36_000
     assert len(payload["by_question"]) == 100
     assert payload["cost"]["total"]["calls"] == 36_000
+
+
+def _check_two_roll_ups_in_one_transaction(url: str) -> None:
+    """The latest runs are a temporary table private to one roll-up: two roll-ups in the same
+    transaction (same connection) each create and drop it, give the same payload, and leave no table
+    behind."""
+    upgrade(url)
+    build_org(url, "small", SMALL)
+    steps.mark_latest(url, "small")
+    with session_scope(url) as session:
+        cycle = latest_cycle(session, "small")
+        assert cycle is not None
+        companies = session.scalars(
+            sa.select(Company).where(Company.org_id == "small", Company.active).order_by(Company.id)
+        ).all()
+        arguments: dict[str, Any] = {
+            "org_id": "small",
+            "cycle_id": cycle.id,
+            "generated_at": datetime(2026, 11, 30, tzinfo=UTC),
+            "run_counts": {"total": cycle.total, "completed": cycle.completed, "failed": cycle.failed},
+            "companies": [analytics.CompanyInfo(c.id, c.name, c.is_target) for c in companies],
+            "min_runs": 10,
+            "previous": None,
+            "grader": None,
+        }
+        first = rollup.org_analytics(session, **arguments)
+        second = rollup.org_analytics(session, **arguments)
+        assert first == second and first["latest_runs"] > 0
+        assert not sa.inspect(session.connection()).has_table("analytics_latest")
+    assert _without_time(first) == _without_time(reference_payload(url, "small"))
+
+
+def test_two_roll_ups_in_one_transaction_on_sqlite(tmp_path: Path) -> None:
+    _check_two_roll_ups_in_one_transaction(f"sqlite:///{tmp_path / 'app.db'}")
+
+
+def test_two_roll_ups_in_one_transaction_on_postgres(postgres_databases: Callable[[], str]) -> None:
+    _check_two_roll_ups_in_one_transaction(postgres_databases())
