@@ -286,7 +286,7 @@ def test_suggest_competitors_and_adding_one_recomputes_history(
     path.write_text(yaml.safe_dump(full))
     _cli("org", "load", str(path), capsys=capsys)
     run_cycle(url)
-    run_cycle(url)  # history: the first cycle's runs are recomputed too
+    keys = run_cycle(url)  # the first cycle's runs are history
     with session_scope(url) as session:
         original = steps.latest_snapshot(session, "acme").payload
     competitor = max(
@@ -330,6 +330,11 @@ def test_suggest_competitors_and_adding_one_recomputes_history(
     assert count(url, ModelCall) == calls
     out = _cli("org", "suggest-competitors", "acme", capsys=capsys)
     assert f"  {name}  (" not in out
+    # `org load` stamped what it recomputed: the steps find no stale earlier run.
+    for key in keys:
+        assert steps.extract_mentions(url, key)["history_runs"] == 0
+        assert steps.extract_run_citations(url, key)["history_runs"] == 0
+        assert steps.compute_metrics(url, key)["history_runs"] == 0
 
 
 def test_the_org_files_source_categories_are_stored_and_applied(tmp_path: Path) -> None:
@@ -352,3 +357,35 @@ def test_the_org_files_source_categories_are_stored_and_applied(tmp_path: Path) 
     del data["source_categories"]
     load(url, data)
     assert category("shop.example-reviews.com") == "other"
+
+
+def test_companies_changed_without_recompute_are_replayed_by_the_next_steps(
+    icp_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`org load --no-recompute` leaves the stored runs as they were; their stamps name the old
+    companies, so each step recomputes a partition's earlier runs the next time it runs, once."""
+    url = f"sqlite:///{icp_env / 'app.db'}"
+    monkeypatch.setenv("ICP_DATABASE_URL", url)
+    upgrade(url)
+    data, path = small_org(), icp_env / "acme.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _cli("org", "load", str(path), capsys=capsys)
+    run_cycle(url)
+    keys = run_cycle(url)
+    data["competitors"][0]["aliases"] = [*data["competitors"][0].get("aliases", []), "Globex Analytics"]
+    path.write_text(yaml.safe_dump(data))
+    out = _cli("org", "load", str(path), "--no-recompute", capsys=capsys)
+    assert "history not recomputed now (--no-recompute)" in out
+
+    def history_runs() -> list[tuple[int, int, int]]:
+        return [
+            (
+                steps.extract_mentions(url, key)["history_runs"],
+                steps.extract_run_citations(url, key)["history_runs"],
+                steps.compute_metrics(url, key)["history_runs"],
+            )
+            for key in keys
+        ]
+
+    assert history_runs() == [(1, 1, 1)] * len(keys)
+    assert history_runs() == [(0, 0, 0)] * len(keys)
