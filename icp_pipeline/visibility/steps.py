@@ -327,10 +327,15 @@ def replay_runs(session: Session, partition_key: str, step: str) -> Replay:
     return Replay(runs, list(stale), stamp)
 
 
-def _store_mentions(session: Session, run: QuestionRun, terms: list[CompanyTerms], stamp: str) -> list[int]:
+def _stamp(session: Session, runs: list[QuestionRun], **stamps: str | None) -> None:
+    """Record what the step applied to the runs: one UPDATE for them all (a row per run would cost
+    more than the replay itself). A step that rewrites rows the metrics read also clears metrics_stamp,
+    so competitive_metrics recomputes those runs whichever step runs first."""
+    session.execute(update(QuestionRun).where(QuestionRun.id.in_([r.id for r in runs])).values(**stamps))
+
+
+def _store_mentions(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> list[int]:
     session.execute(delete(Mention).where(Mention.question_run_id == run.id))
-    # The run's metrics read its mentions: stale until compute_metrics runs on the new rows.
-    run.mentions_stamp, run.metrics_stamp = stamp, None
     found_ids = []
     for found in find_mentions(run.answer_text or "", terms):
         session.add(
@@ -355,10 +360,11 @@ def extract_mentions(db_url: str, partition_key: str) -> dict[str, Any]:
         names = {t.company_id: t.name for t in terms}
         found_by_company: dict[str, int] = {}
         for run in stale:
-            _store_mentions(session, run, terms, stamp)
+            _store_mentions(session, run, terms)
         for run in runs:  # the summary is the newest cycle's
-            for company_id in _store_mentions(session, run, terms, stamp):
+            for company_id in _store_mentions(session, run, terms):
                 found_by_company[names[company_id]] = found_by_company.get(names[company_id], 0) + 1
+        _stamp(session, [*stale, *runs], mentions_stamp=stamp, metrics_stamp=None)
         return {
             "runs": len(runs),
             "history_runs": len(stale),
@@ -385,11 +391,8 @@ def org_source_categories(org: Org | None) -> dict[str, list[str]]:
     return dict(org.source_categories or {}) if org is not None else {}
 
 
-def _store_citations(
-    session: Session, run: QuestionRun, classifier: SourceClassifier, stamp: str
-) -> list[Citation]:
+def _store_citations(session: Session, run: QuestionRun, classifier: SourceClassifier) -> list[Citation]:
     call = session.get(ModelCall, run.answer_call_id) if run.answer_call_id else None
-    run.citations_stamp, run.metrics_stamp = stamp, None  # the metrics read the cited hosts
     annotations = [
         (c["url"], c.get("title"), c.get("cited", True)) for c in (call.source_citations if call else [])
     ]
@@ -420,13 +423,14 @@ def extract_run_citations(db_url: str, partition_key: str) -> dict[str, Any]:
         domains: set[str] = set()
         categories: dict[str, int] = {}
         for run in stale:
-            _store_citations(session, run, classifier, stamp)
+            _store_citations(session, run, classifier)
         for run in runs:  # the summary is the newest cycle's
-            for row in _store_citations(session, run, classifier, stamp):
+            for row in _store_citations(session, run, classifier):
                 total += row.cited
                 retrieved += not row.cited
                 domains.add(row.domain)
                 categories[row.category] = categories.get(row.category, 0) + 1
+        _stamp(session, [*stale, *runs], citations_stamp=stamp, metrics_stamp=None)
         return {
             "runs": len(runs),
             "history_runs": len(stale),
@@ -558,8 +562,7 @@ def _store_untracked(session: Session, run: QuestionRun, terms: list[CompanyTerm
     return len(names)
 
 
-def _store_metrics(session: Session, run: QuestionRun, terms: list[CompanyTerms], stamp: str) -> list[Any]:
-    run.metrics_stamp = stamp
+def _store_metrics(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> list[Any]:
     mentions = {
         m.company_id: (m.position, m.mention_count)
         for m in session.scalars(select(Mention).where(Mention.question_run_id == run.id))
@@ -599,11 +602,11 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
         for run in stale:
             _store_untracked(session, run, terms)
             session.flush()
-            _store_metrics(session, run, terms, stamp)
+            _store_metrics(session, run, terms)
         for run in newest:
             summary["untracked"] += _store_untracked(session, run, terms)
             session.flush()
-            for row in _store_metrics(session, run, terms, stamp):
+            for row in _store_metrics(session, run, terms):
                 if row.mentioned:
                     summary["mentioned"].append(names[row.company_id])
                     summary["positions"][names[row.company_id]] = row.position
@@ -611,6 +614,7 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
                     summary["cited"].append(names[row.company_id])
             run.status, run.error, run.completed_at = "completed", None, run.completed_at or datetime.now(UTC)
             set_item_status(session, run.item, "succeeded")
+        _stamp(session, [*stale, *newest], metrics_stamp=stamp)
         session.flush()
         summary["untracked_names"] = [
             {"name": n, "source": src, "occurrences": occ}
@@ -667,11 +671,18 @@ def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[s
             classifier = source_classifier(session, org_id)
             stamps = replay_stamps(session, org_id)
             for run in runs:
-                _store_mentions(session, run, terms, stamps["mentions"])
-                _store_citations(session, run, classifier, stamps["citations"])
+                _store_mentions(session, run, terms)
+                _store_citations(session, run, classifier)
                 _store_untracked(session, run, terms)
                 session.flush()
-                _store_metrics(session, run, terms, stamps["metrics"])
+                _store_metrics(session, run, terms)
+            _stamp(
+                session,
+                runs,
+                mentions_stamp=stamps["mentions"],
+                citations_stamp=stamps["citations"],
+                metrics_stamp=stamps["metrics"],
+            )
             done += len(runs)
             last_id = runs[-1].id
     return {"runs": done}
