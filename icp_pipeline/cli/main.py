@@ -110,8 +110,10 @@ def _recompute_history(org_id: str, skip: bool) -> None:
 
     if skip:
         _print(
-            f"companies changed: history not recomputed (--no-recompute); re-materialize run_mentions .. "
-            f"competitive_metrics for the org's partitions (`icp-pipeline org keys {org_id}`), then org_analytics"
+            f"companies changed: history not recomputed now (--no-recompute); run_mentions .. "
+            f"competitive_metrics recompute a partition's earlier runs the next time they run (its next "
+            f"cycle, or re-materialize them for the org's partitions: `icp-pipeline org keys {org_id}`), "
+            f"then org_analytics"
         )
         return
     url = database_url()
@@ -588,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--no-recompute",
         action="store_true",
-        help="when the companies change, do not recompute the stored runs now (re-materialize instead)",
+        help="when the companies change, do not recompute the stored runs now (the steps do, when next run)",
     )
     load.set_defaults(func=cmd_org_load)
     run = org.add_parser("run", help="run one full cycle as Dagster runs")

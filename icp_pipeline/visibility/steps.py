@@ -5,12 +5,14 @@ re-run alone. Model calls happen outside database transactions and are written t
 moment they return, before anything else can fail.
 """
 
+import hashlib
+import json
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, func, select, text, tuple_, update
+from sqlalchemy import and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import (
@@ -273,22 +275,63 @@ def _runs(session: Session, partition_key: str) -> list[QuestionRun]:
     return runs
 
 
-def replay_runs(session: Session, partition_key: str) -> list[QuestionRun]:
-    """The partition's runs of its newest cycle (as _runs), then its completed runs of earlier cycles:
-    the deterministic steps recompute the partition's whole history from the stored answers, so
-    re-materializing them (or a backfill) after an extractor or org file change costs no model call."""
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def replay_stamps(session: Session, org_id: str) -> dict[str, str]:
+    """What each deterministic step stamps on a run it computes now (question_runs.<step>_stamp): its
+    extractor version and a digest of the org evidence it reads. Mentions and metrics (with untracked
+    companies and claims' companies) read the companies; citations read them and the source categories."""
+    companies, categories = evidence_fingerprint(session, org_id)
+    return {
+        "mentions": f"{MENTIONS_VERSION}#{_digest(companies)}",
+        "citations": f"{CITATIONS_VERSION}#{_digest([companies, categories])}",
+        "metrics": f"{METRICS_VERSION}/{UNTRACKED_VERSION}#{_digest(companies)}",
+    }
+
+
+_STAMP_COLUMNS = {
+    "mentions": QuestionRun.mentions_stamp,
+    "citations": QuestionRun.citations_stamp,
+    "metrics": QuestionRun.metrics_stamp,
+}
+
+
+class Replay(NamedTuple):
+    runs: list[QuestionRun]  # the newest cycle's
+    stale: list[QuestionRun]  # earlier cycles' runs to recompute
+    stamp: str  # what the step stamps on each run it computes
+
+
+def replay_runs(session: Session, partition_key: str, step: str) -> Replay:
+    """The partition's runs of its newest cycle (as _runs), and its completed runs of earlier cycles
+    that are stale for `step`: stamped with another version or org evidence than now, or never
+    (NULL: computed before the stamps existed, or invalidated). Re-materializing a step (or a backfill)
+    after an extractor or org file change recomputes that history from the stored answers with no
+    model call; a normal cycle finds none and touches only the newest runs. One SELECT, on the
+    question_runs partition_key index."""
     runs = _runs(session, partition_key)
-    earlier = session.scalars(
+    stamp = replay_stamps(session, runs[0].org_id)[step]
+    column = _STAMP_COLUMNS[step]
+    stale = session.scalars(
         select(QuestionRun)
-        .join(CycleItem, CycleItem.id == QuestionRun.cycle_item_id)
         .where(
-            CycleItem.partition_key == partition_key,
-            CycleItem.cycle_id < runs[0].cycle_id,
+            QuestionRun.partition_key == partition_key,
+            QuestionRun.cycle_id < runs[0].cycle_id,
             QuestionRun.status == "completed",
+            or_(column.is_(None), column != stamp),
         )
         .order_by(QuestionRun.id)
     )
-    return [*runs, *earlier]
+    return Replay(runs, list(stale), stamp)
+
+
+def _stamp(session: Session, runs: list[QuestionRun], **stamps: str | None) -> None:
+    """Record what the step applied to the runs: one UPDATE for them all (a row per run would cost
+    more than the replay itself). A step that rewrites rows the metrics read also clears metrics_stamp,
+    so competitive_metrics recomputes those runs whichever step runs first."""
+    session.execute(update(QuestionRun).where(QuestionRun.id.in_([r.id for r in runs])).values(**stamps))
 
 
 def _store_mentions(session: Session, run: QuestionRun, terms: list[CompanyTerms]) -> list[int]:
@@ -312,18 +355,19 @@ def _store_mentions(session: Session, run: QuestionRun, terms: list[CompanyTerms
 
 def extract_mentions(db_url: str, partition_key: str) -> dict[str, Any]:
     with session_scope(db_url) as session:
-        runs = replay_runs(session, partition_key)
+        runs, stale, stamp = replay_runs(session, partition_key, "mentions")
         terms = company_terms(session, runs[0].org_id)
         names = {t.company_id: t.name for t in terms}
         found_by_company: dict[str, int] = {}
-        for run in runs:
-            found_ids = _store_mentions(session, run, terms)
-            if run.cycle_id == runs[0].cycle_id:  # the summary is the newest cycle's, as before
-                for company_id in found_ids:
-                    found_by_company[names[company_id]] = found_by_company.get(names[company_id], 0) + 1
+        for run in stale:
+            _store_mentions(session, run, terms)
+        for run in runs:  # the summary is the newest cycle's
+            for company_id in _store_mentions(session, run, terms):
+                found_by_company[names[company_id]] = found_by_company.get(names[company_id], 0) + 1
+        _stamp(session, [*stale, *runs], mentions_stamp=stamp, metrics_stamp=None)
         return {
-            "runs": sum(1 for r in runs if r.cycle_id == runs[0].cycle_id),
-            "history_runs": sum(1 for r in runs if r.cycle_id != runs[0].cycle_id),
+            "runs": len(runs),
+            "history_runs": len(stale),
             "mentions": sum(found_by_company.values()),
             "by_company": found_by_company,
         }
@@ -373,23 +417,23 @@ def _store_citations(session: Session, run: QuestionRun, classifier: SourceClass
 
 def extract_run_citations(db_url: str, partition_key: str) -> dict[str, Any]:
     with session_scope(db_url) as session:
-        runs = replay_runs(session, partition_key)
+        runs, stale, stamp = replay_runs(session, partition_key, "citations")
         classifier = source_classifier(session, runs[0].org_id)
         total = retrieved = 0
         domains: set[str] = set()
         categories: dict[str, int] = {}
-        for run in runs:
-            rows = _store_citations(session, run, classifier)
-            if run.cycle_id != runs[0].cycle_id:
-                continue  # history recomputed; the summary is the newest cycle's, as before
-            for row in rows:
+        for run in stale:
+            _store_citations(session, run, classifier)
+        for run in runs:  # the summary is the newest cycle's
+            for row in _store_citations(session, run, classifier):
                 total += row.cited
                 retrieved += not row.cited
                 domains.add(row.domain)
                 categories[row.category] = categories.get(row.category, 0) + 1
+        _stamp(session, [*stale, *runs], citations_stamp=stamp, metrics_stamp=None)
         return {
-            "runs": sum(1 for r in runs if r.cycle_id == runs[0].cycle_id),
-            "history_runs": sum(1 for r in runs if r.cycle_id != runs[0].cycle_id),
+            "runs": len(runs),
+            "history_runs": len(stale),
             "citations": total,
             "retrieved_not_cited": retrieved,
             "domains": sorted(domains),
@@ -541,21 +585,21 @@ def _store_metrics(session: Session, run: QuestionRun, terms: list[CompanyTerms]
 def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
     """Per-company metrics of each run, after its untracked companies (which first point its claims
     at the companies tracked now); completes the newest cycle's run and its cycle item. The
-    partition's earlier completed runs are recomputed too (their status left as it is)."""
+    partition's earlier completed runs are recomputed too when stale (replay_runs; their status left
+    as it is)."""
     with session_scope(db_url) as session:
-        runs = replay_runs(session, partition_key)
-        terms = company_terms(session, runs[0].org_id)
+        newest, stale, stamp = replay_runs(session, partition_key, "metrics")
+        terms = company_terms(session, newest[0].org_id)
         names = {t.company_id: t.name for t in terms}
-        newest = [r for r in runs if r.cycle_id == runs[0].cycle_id]
         summary: dict[str, Any] = {
             "runs": len(newest),
-            "history_runs": len(runs) - len(newest),
+            "history_runs": len(stale),
             "mentioned": [],
             "cited": [],
             "positions": {},
             "untracked": 0,
         }
-        for run in runs[len(newest) :]:
+        for run in stale:
             _store_untracked(session, run, terms)
             session.flush()
             _store_metrics(session, run, terms)
@@ -570,6 +614,7 @@ def compute_metrics(db_url: str, partition_key: str) -> dict[str, Any]:
                     summary["cited"].append(names[row.company_id])
             run.status, run.error, run.completed_at = "completed", None, run.completed_at or datetime.now(UTC)
             set_item_status(session, run.item, "succeeded")
+        _stamp(session, [*stale, *newest], metrics_stamp=stamp)
         session.flush()
         summary["untracked_names"] = [
             {"name": n, "source": src, "occurrences": occ}
@@ -601,7 +646,8 @@ def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[s
     """Recompute mentions, citations (categories), claims' companies, untracked companies and metrics
     of every completed run of the org from its stored answers, in batches of `batch_size` runs (one
     transaction each): what re-materializing run_mentions, run_citations and competitive_metrics for every partition
-    does, without Dagster, and with no model call. `org load` runs it when the companies change."""
+    does, without Dagster, and with no model call; it stamps them, so those steps then find no stale
+    history. `org load` runs it when the companies change."""
     done = 0
     last_id = 0
     while True:
@@ -623,12 +669,20 @@ def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[s
                 break
             terms = company_terms(session, org_id)
             classifier = source_classifier(session, org_id)
+            stamps = replay_stamps(session, org_id)
             for run in runs:
                 _store_mentions(session, run, terms)
                 _store_citations(session, run, classifier)
                 _store_untracked(session, run, terms)
                 session.flush()
                 _store_metrics(session, run, terms)
+            _stamp(
+                session,
+                runs,
+                mentions_stamp=stamps["mentions"],
+                citations_stamp=stamps["citations"],
+                metrics_stamp=stamps["metrics"],
+            )
             done += len(runs)
             last_id = runs[-1].id
     return {"runs": done}

@@ -187,6 +187,8 @@ def test_rematerializing_after_an_extractor_change_recomputes_history_without_mo
     with session_scope(url) as session:
         for run in session.scalars(sa.select(QuestionRun)):
             run.answer_text = f"{run.answer_text}\n- **Mixpanel**: also good, https://www.g2.com/x"
+            # Answers edited behind the steps' back: their stamps no longer say what the rows hold.
+            run.citations_stamp = run.metrics_stamp = None
     for key in keys:  # what the current extractors store
         steps.extract_run_citations(url, key)
         steps.compute_metrics(url, key)
@@ -215,13 +217,17 @@ def test_rematerializing_after_an_extractor_change_recomputes_history_without_mo
         CITATIONS_VERSION
     }
 
-    # As stored by the previous extractors: no category, an old version, no untracked rows.
+    # As stored by the previous extractors, before runs had stamps (a database upgraded past 0011):
+    # no category, an old version, no untracked rows, no stamp.
     with session_scope(url) as session:
         session.execute(sa.update(Citation).values(category=None, extractor_version="citations-1"))
         session.execute(sa.delete(UntrackedMention))
+        session.execute(sa.update(QuestionRun).values(citations_stamp=None, metrics_stamp=None))
     calls = count(url, ModelCall)
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("question_runs", keys)
+
+    def rematerialize() -> list[tuple[int, int]]:
+        """history_runs of run_citations and competitive_metrics, per partition."""
+        recomputed = []
         for key in keys:
             result = dg.materialize(
                 va.question_run_assets,
@@ -231,13 +237,36 @@ def test_rematerializing_after_an_extractor_change_recomputes_history_without_mo
                 selection=[va.run_citations, va.competitive_metrics],
             )
             assert result.success
-            assert (
-                result.asset_materializations_for_node("competitive_metrics")[0]
-                .metadata["history_runs"]
-                .value
-                == 1
+            recomputed.append(
+                tuple(
+                    result.asset_materializations_for_node(node)[0].metadata["history_runs"].value
+                    for node in ("run_citations", "competitive_metrics")
+                )
             )
-    assert count(url, ModelCall) == calls
+        return recomputed
+
+    def history_rows() -> list[Any]:
+        """The ids of the earlier cycle's citations and untracked rows: replaced rows get new ids."""
+        with session_scope(url) as session:
+            earlier = session.scalar(sa.select(sa.func.min(QuestionRun.cycle_id)))
+            return session.execute(
+                sa.select(Citation.id, UntrackedMention.id)
+                .join(QuestionRun, QuestionRun.id == Citation.question_run_id)
+                .join(UntrackedMention, UntrackedMention.question_run_id == QuestionRun.id)
+                .where(QuestionRun.cycle_id == earlier)
+                .order_by(Citation.id, UntrackedMention.id)
+            ).all()
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("question_runs", keys)
+        assert rematerialize() == [(1, 1)] * len(keys)  # unknown: each earlier run recomputed once
+        assert count(url, ModelCall) == calls
+        assert stored() == expected
+        before = history_rows()
+        assert before
+        # Stamped now: a second pass leaves the earlier cycle's rows alone (the same ids).
+        assert rematerialize() == [(0, 0)] * len(keys)
+        assert history_rows() == before
     assert stored() == expected
     assert {row[4] for row in expected[1]} == {UNTRACKED_VERSION}
 
@@ -257,7 +286,7 @@ def test_suggest_competitors_and_adding_one_recomputes_history(
     path.write_text(yaml.safe_dump(full))
     _cli("org", "load", str(path), capsys=capsys)
     run_cycle(url)
-    run_cycle(url)  # history: the first cycle's runs are recomputed too
+    keys = run_cycle(url)  # the first cycle's runs are history
     with session_scope(url) as session:
         original = steps.latest_snapshot(session, "acme").payload
     competitor = max(
@@ -301,6 +330,11 @@ def test_suggest_competitors_and_adding_one_recomputes_history(
     assert count(url, ModelCall) == calls
     out = _cli("org", "suggest-competitors", "acme", capsys=capsys)
     assert f"  {name}  (" not in out
+    # `org load` stamped what it recomputed: the steps find no stale earlier run.
+    for key in keys:
+        assert steps.extract_mentions(url, key)["history_runs"] == 0
+        assert steps.extract_run_citations(url, key)["history_runs"] == 0
+        assert steps.compute_metrics(url, key)["history_runs"] == 0
 
 
 def test_the_org_files_source_categories_are_stored_and_applied(tmp_path: Path) -> None:
@@ -323,3 +357,35 @@ def test_the_org_files_source_categories_are_stored_and_applied(tmp_path: Path) 
     del data["source_categories"]
     load(url, data)
     assert category("shop.example-reviews.com") == "other"
+
+
+def test_companies_changed_without_recompute_are_replayed_by_the_next_steps(
+    icp_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`org load --no-recompute` leaves the stored runs as they were; their stamps name the old
+    companies, so each step recomputes a partition's earlier runs the next time it runs, once."""
+    url = f"sqlite:///{icp_env / 'app.db'}"
+    monkeypatch.setenv("ICP_DATABASE_URL", url)
+    upgrade(url)
+    data, path = small_org(), icp_env / "acme.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _cli("org", "load", str(path), capsys=capsys)
+    run_cycle(url)
+    keys = run_cycle(url)
+    data["competitors"][0]["aliases"] = [*data["competitors"][0].get("aliases", []), "Globex Analytics"]
+    path.write_text(yaml.safe_dump(data))
+    out = _cli("org", "load", str(path), "--no-recompute", capsys=capsys)
+    assert "history not recomputed now (--no-recompute)" in out
+
+    def history_runs() -> list[tuple[int, int, int]]:
+        return [
+            (
+                steps.extract_mentions(url, key)["history_runs"],
+                steps.extract_run_citations(url, key)["history_runs"],
+                steps.compute_metrics(url, key)["history_runs"],
+            )
+            for key in keys
+        ]
+
+    assert history_runs() == [(1, 1, 1)] * len(keys)
+    assert history_runs() == [(0, 0, 0)] * len(keys)

@@ -1,6 +1,7 @@
 """Replayable extractors (issue 13, item 6): after a cycle, a changed extractor is applied to the whole
 history by re-materializing its question-run assets over every partition of the cycle, as a backfill
-would, with zero model calls; twice changes nothing. And the payload's search_queries against an
+would, with zero model calls; twice changes nothing. Earlier cycles' runs are recomputed only when
+stale (their stamps), never by a normal cycle. And the payload's search_queries against an
 independent count from the stored raw responses, on SQLite and PostgreSQL."""
 
 from collections import Counter, defaultdict
@@ -24,6 +25,7 @@ from icp_pipeline.db.models import (
     ModelCall,
     QuestionRun,
     SearchQuery,
+    UntrackedMention,
 )
 from icp_pipeline.db.session import session_scope, upgrade
 from icp_pipeline.defs.resources import AppDatabase, ModelProviderResource, PushResource
@@ -236,3 +238,111 @@ def test_the_payloads_search_queries_match_an_independent_count_on_postgres(
     url = postgres_databases()
     payload = _cycle(url, icp_env, monkeypatch)
     _check_payload(url, payload)
+
+
+# The deterministic steps that replay stale history, with their summaries' metadata.
+REPLAYING = ("run_mentions", "run_citations", "competitive_metrics")
+HISTORY_TABLES = (Mention, Citation, CompetitiveMetric, UntrackedMention)
+
+
+def _history_ids(url: str) -> dict[str, list[int]]:
+    """The row ids of the derived rows of runs before the newest cycle: a recomputed run's rows are
+    replaced, with new ids."""
+    with session_scope(url) as session:
+        newest = session.scalar(sa.select(sa.func.max(QuestionRun.cycle_id)))
+        return {
+            table.__tablename__: list(
+                session.scalars(
+                    sa.select(table.id)
+                    .join(QuestionRun, QuestionRun.id == table.question_run_id)
+                    .where(QuestionRun.cycle_id < newest)
+                    .order_by(table.id)
+                )
+            )
+            for table in HISTORY_TABLES
+        }
+
+
+def _replay_steps(url: str) -> dict[str, list[int]]:
+    """Re-materialize the deterministic steps of every partition: history_runs per step and partition."""
+    instance = DagsterInstance.get()
+    resources = {"app_db": AppDatabase(url=url), "models": ModelProviderResource(), "push": PushResource()}
+    with session_scope(url) as session:
+        keys = sorted(set(session.scalars(sa.select(CycleItem.partition_key))))
+    recomputed: dict[str, list[int]] = {node: [] for node in REPLAYING}
+    for key in keys:
+        result = dg.materialize(
+            va.question_run_assets,
+            selection=[va.run_mentions, va.run_citations, va.competitive_metrics],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+        )
+        assert result.success
+        for node in REPLAYING:
+            metadata = result.asset_materializations_for_node(node)[0].metadata
+            recomputed[node].append(metadata["history_runs"].value)
+    return recomputed
+
+
+def _history_after_cycles(url: str, icp_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _cycle(url, icp_env, monkeypatch)
+    for _ in range(2):  # three cycles: two earlier runs per partition
+        outcome = run_cycle("acme", workers=3, progress=False, defs=pipeline_defs(url), new_cycle=True)
+        assert (outcome.status, outcome.completed, outcome.failed) == ("succeeded", 6, 0)
+    # The third cycle's own steps touched only its runs.
+    instance = DagsterInstance.get()
+    for node in REPLAYING:
+        for key in instance.get_dynamic_partitions("question_runs"):
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(node), asset_partitions=[key]), limit=1
+            ).records
+            assert records[0].asset_materialization.metadata["history_runs"].value == 0
+    before = _history_ids(url)
+    assert before["mentions"] and before["citations"] and before["competitive_metrics"]
+    calls = count(url, ModelCall)
+
+    # No version change: re-materializing recomputes no earlier run and leaves its rows alone.
+    assert _replay_steps(url) == {node: [0] * 6 for node in REPLAYING}
+    assert _history_ids(url) == before
+
+    # New extractor versions: each earlier run recomputed once, under the new versions, then never.
+    monkeypatch.setattr(steps, "MENTIONS_VERSION", "mentions-stale-test")
+    monkeypatch.setattr(steps, "CITATIONS_VERSION", "citations-stale-test")
+    monkeypatch.setattr(steps, "METRICS_VERSION", "metrics-stale-test")
+    assert _replay_steps(url) == {node: [2] * 6 for node in REPLAYING}
+    assert _versions(url)["mentions"] == {"mentions-stale-test"}
+    assert _versions(url)["competitive_metrics"] == {"metrics-stale-test"}
+    recomputed = _history_ids(url)
+    assert {t: len(ids) for t, ids in recomputed.items()} == {t: len(ids) for t, ids in before.items()}
+    assert all(set(recomputed[t]).isdisjoint(before[t]) for t in recomputed)  # replaced rows
+    assert _replay_steps(url) == {node: [0] * 6 for node in REPLAYING}
+    assert _history_ids(url) == recomputed
+
+    # The org file's source categories change (loaded without `org load`'s recompute): the citations
+    # replay their history, and the metrics, which read the replaced citations, follow.
+    spec = example_org_data()
+    spec.update(models=MODELS, locations=["US"], questions=spec["questions"][:2])
+    spec["source_categories"] = {"review": ["example-reviews.com"]}
+    with session_scope(url) as session:
+        upsert_org(session, parse_org_text(yaml.safe_dump(spec)))
+    assert _replay_steps(url) == {
+        "run_mentions": [0] * 6,
+        "run_citations": [2] * 6,
+        "competitive_metrics": [2] * 6,
+    }
+    assert _replay_steps(url) == {node: [0] * 6 for node in REPLAYING}
+    assert count(url, ModelCall) == calls  # never a model call
+
+
+def test_earlier_cycles_are_recomputed_only_when_stale(
+    icp_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _history_after_cycles(f"sqlite:///{icp_env / 'app.db'}", icp_env, monkeypatch)
+
+
+@pytest.mark.postgres
+def test_earlier_cycles_are_recomputed_only_when_stale_on_postgres(
+    icp_env: Path, monkeypatch: pytest.MonkeyPatch, postgres_databases: Callable[[], str]
+) -> None:
+    _history_after_cycles(postgres_databases(), icp_env, monkeypatch)

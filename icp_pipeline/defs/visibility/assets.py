@@ -156,6 +156,7 @@ def run_mentions(context: dg.AssetExecutionContext, app_db: AppDatabase) -> dg.M
             "mentions": summary["mentions"],
             "companies_mentioned": len(summary["by_company"]),
             "mentions_by_company": dg.MetadataValue.json(summary["by_company"]),
+            "history_runs": summary["history_runs"],
         }
     )
 
