@@ -202,13 +202,30 @@ def timeline(instance, t0: float) -> dict[str, float]:  # noqa: ANN001 (dagster 
         ),
         default=float("nan"),
     )
+    tick_start, tick_end = first_requesting_tick(instance)
     return {
+        "tick_wait": tick_start - t0,
+        "tick_to_first_run": min(created) - tick_start if created else float("nan"),
+        "tick_length": tick_end - tick_start,
         "pool_full": pool_full_share(busy, min(created), max(ended)) if created and ended else float("nan"),
         "first_run": min(created) - t0 if created else float("nan"),
         **{name: median(values) for name, values in phases.items()},
         "rollup": rollup_end - max(ended) if ended else float("nan"),
         "runs": len(created),
     }
+
+
+def first_requesting_tick(instance) -> tuple[float, float]:  # noqa: ANN001
+    """(start, end) timestamps of the first sync-sensor tick that requested runs."""
+    for state in instance.all_instigator_state():
+        if state.name != "partition_sync_sensor":
+            continue
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=200)
+        requesting = [t for t in ticks if t.run_ids]
+        if requesting:
+            first = min(requesting, key=lambda t: t.timestamp)
+            return first.timestamp, first.end_timestamp or float("nan")
+    return float("nan"), float("nan")
 
 
 def pool_full_share(busy: list[tuple[float, float]], start: float, end: float) -> float:
@@ -355,6 +372,8 @@ def print_result(r: dict) -> None:
     if r["orgs"] > 1:
         print(f"  runs/min {r['runs'] / r['wall'] * 60:.0f}")
     print(
+        f"  sync tick: started {r['tick_wait']:.1f} s after the load, first run created "
+        f"{r['tick_to_first_run']:.1f} s into it, tick length {r['tick_length']:.1f} s\n"
         f"  pool full {r['pool_full']:.0%} of the runs' span; load cmd {r['load_cmd']:.1f} s; {r['leftovers']}; cpu from load to push {r['cpu_path']:.0f} s (/proc), "
         f"after warm-up {r['cpu']:.0f} s (rusage); PostgreSQL backends {r['pg_cpu']:.0f} s; "
         f"machine busy {r['machine_busy']:.0%} of its cores (every process, other work included)",

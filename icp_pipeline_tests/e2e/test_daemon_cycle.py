@@ -23,7 +23,6 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from icp_pipeline.db.models import Cycle, CycleItem, ModelCall, PushDelivery, QuestionRun
 from icp_pipeline.db.session import session_scope
-from icp_pipeline.defs.operations.sensors import SYNC_INTERVAL_SECONDS
 from icp_pipeline.visibility.push import idempotency_key
 from icp_pipeline_tests.conftest import load_example
 from icp_pipeline_tests.e2e.conftest import ProductionStack
@@ -35,6 +34,9 @@ pytestmark = pytest.mark.postgres
 
 SECRET = "e2e-push-secret"
 Status = dg.DagsterRunStatus
+
+# Dagster 1.13's sensor daemon evaluates the sensors once per pass of at least 5 s.
+SENSOR_DAEMON_LOOP_SECONDS = 5
 
 
 def _runs(instance: dg.DagsterInstance, job: str) -> list[dg.DagsterRun]:
@@ -113,7 +115,7 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: 
             cycle_pushed, timeout=600, interval=2, what="the cycle to complete and push", logs=services.logs
         )
         # Let every sensor tick at least once more: nothing new may run.
-        time.sleep(SYNC_INTERVAL_SECONDS + 10)
+        time.sleep(SENSOR_DAEMON_LOOP_SECONDS + 10)
         in_flight = instance.get_runs(RunsFilter(statuses=[Status.QUEUED, Status.STARTING, Status.STARTED]))
         assert in_flight == []
 
@@ -157,7 +159,7 @@ def test_daemon_runs_a_cycle_and_recovers_a_killed_run_worker(production_stack: 
             what="the killed run's alert",
             logs=services.logs,
         )
-        time.sleep(SYNC_INTERVAL_SECONDS)  # room for a wrong second alert to show up
+        time.sleep(2 * SENSOR_DAEMON_LOOP_SECONDS)  # room for a wrong second alert to show up
         assert [a.json["run_id"] for a in alert_hook.requests] == [victim.run_id]
 
         # The pool kept its 3 slots: the killed step's slot was freed after its run ended.

@@ -30,10 +30,17 @@ from icp_pipeline.visibility.cycles import (
 )
 
 # The sensor daemon evaluates sensors at most every 5 s (MIN_INTERVAL_LOOP_TIME in dagster/_daemon/sensor.py).
+# The sensor daemon of Dagster 1.13 evaluates sensors in a loop of at least 5 s
+# (MIN_INTERVAL_LOOP_TIME) and skips a sensor whose last tick started less than its interval ago. An
+# interval of exactly 5 s therefore aliased with the loop: a tick started 4.99 s before the next pass
+# waited for the pass after, so sensors ticked every 5-10 s (a loaded org's first runs came 8.5 s
+# after `org load`, bench/bench_daemon.py). Any interval under the loop ticks on every pass.
+SENSOR_EVERY_PASS_SECONDS = 1
+
 # A tick costs 0.03-0.06 s of CPU for the example org and 0.6 s with 100,000 question-run keys
-# (bench/bench_sync_sensor.py), so ticking at the daemon's floor costs little and a loaded org waits
-# at most 5 s for its first runs instead of 30.
-SYNC_INTERVAL_SECONDS = 5
+# (bench/bench_sync_sensor.py), so ticking on every pass of the daemon costs little and a loaded org
+# waits at most 5 s for its first runs.
+SYNC_INTERVAL_SECONDS = SENSOR_EVERY_PASS_SECONDS
 
 
 def partition_diff(

@@ -1,6 +1,7 @@
 import dagster as dg
 
 from icp_pipeline.db.session import session_scope
+from icp_pipeline.defs.operations.sensors import SENSOR_EVERY_PASS_SECONDS
 from icp_pipeline.defs.resources import AppDatabase
 from icp_pipeline.defs.visibility.jobs import org_rollup_job
 from icp_pipeline.defs.visibility.partitions import orgs_partitions
@@ -9,9 +10,9 @@ from icp_pipeline.visibility.cycles import claim_rollup, cycles_ready_for_rollup
 
 @dg.sensor(
     job=org_rollup_job,
-    # The sensor daemon's floor (it evaluates sensors at most every 5 s); the check is one indexed query,
-    # and at 15 s the roll-up waited 7.5 s on average after the last question run.
-    minimum_interval_seconds=5,
+    # Every pass of the sensor daemon (it loops every 5 s in Dagster 1.13): the check is one indexed
+    # query. See SENSOR_EVERY_PASS_SECONDS for why the interval is below the loop's.
+    minimum_interval_seconds=SENSOR_EVERY_PASS_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests an org's roll-ups once, when every item of its cycle is terminal.",
 )
