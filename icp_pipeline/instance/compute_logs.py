@@ -26,6 +26,8 @@ Private Dagster APIs used (dagster==1.13.27 is pinned in pyproject.toml; check t
 - dagster._core.storage.compute_log_manager: CapturedLogContext, ComputeIOType.
 - dagster._utils: ensure_file, touch_file (the "complete" marker the UI waits for).
 - dagster._serdes.ConfigurableClassData: the instance config plumbing.
+- register_instance (MayHaveInstanceWeakref) and DagsterInstance.root_directory: the default
+  base_dir, DAGSTER_HOME/storage as in Dagster's InstanceRef defaults.
 """
 
 import os
