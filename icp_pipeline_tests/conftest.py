@@ -98,7 +98,10 @@ def write_instance_yaml(dagster_home: Path, storage_url: str | None = None) -> N
             )
         )
         pools = "concurrency:\n  pools:\n    default_limit: 3\n    granularity: op\n"
-        (dagster_home / "dagster.yaml").write_text(storages + pools)
+        compute_logs = (
+            "compute_logs:\n  module: icp_pipeline.instance.compute_logs\n  class: FileComputeLogManager\n"
+        )
+        (dagster_home / "dagster.yaml").write_text(storages + pools + compute_logs)
 
 
 @pytest.fixture

@@ -94,5 +94,11 @@ def test_production_dagster_yaml_loads_on_postgres_with_the_pool_cap(
         # Runs start ahead of free slots and the queue is polled every second (bench/bench_daemon.py).
         assert instance.get_concurrency_config().run_queue_config.op_concurrency_slot_buffer == 3
         assert instance.run_coordinator.dequeue_interval_seconds == 1
+        # Compute logs without the tail mirror, in DAGSTER_HOME/storage as Dagster's default keeps them.
+        assert type(instance.compute_log_manager).__name__ == "FileComputeLogManager"
+        log_path = Path(
+            instance.compute_log_manager.get_captured_local_path(["r", "compute_logs", "k"], "err")
+        )
+        assert log_path == tmp_path.resolve() / "storage" / "r" / "compute_logs" / "k.err"
     finally:
         instance.dispose()
