@@ -297,13 +297,18 @@ def scenario(latency: float, orgs: int, overrides: dict, label: str) -> dict:
                 cpu_warm = cpu_seconds_of_children()
                 files = org_files(Path(tmp), orgs)
                 load_started = time.time()
-                subprocess.run(
-                    [str(BIN / "icp-pipeline"), "org", "load", *map(str, files)],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
-                t0 = time.time()
+                t0 = 0.0
+                # `org load` takes one file: the orgs are loaded one after another, and the clock runs
+                # from the end of the first load (for one org: from its load, as before).
+                for index, path in enumerate(files):
+                    subprocess.run(
+                        [str(BIN / "icp-pipeline"), "org", "load", str(path)],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                    if index == 0:
+                        t0 = time.time()
 
                 def pushed() -> bool:
                     with session_scope(app_url) as session:
@@ -333,7 +338,7 @@ def scenario(latency: float, orgs: int, overrides: dict, label: str) -> dict:
                     "latency": latency,
                     "orgs": orgs,
                     "wall": wall,
-                    "load_cmd": t0 - load_started,
+                    "load_cmd": t0 - load_started,  # the first org's load
                     "ideal": busy_ms / 1000 / POOL,
                     "calls": calls,
                     "load_avg": load_avg,
