@@ -137,6 +137,12 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
     command.upgrade(_alembic_config(url or database_url()), revision)
 
 
+def downgrade(url: str | None, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(_alembic_config(url or database_url()), revision)
+
+
 def current_revision(url: str | None = None) -> str | None:
     from alembic.runtime.migration import MigrationContext
 

@@ -63,3 +63,48 @@ def test_calls_recorded_before_the_purchase_ledger_keep_being_reused(tmp_path: P
         ("claims:7", True, True, "complete"),
         ("answer:7", False, False, None),
     ]
+
+
+def test_a_downgrade_and_upgrade_of_a_populated_sqlite_database_keep_every_row(tmp_path: Path) -> None:
+    """SQLite alters a table by rebuilding it (copy, DROP, rename). With the app's foreign keys on,
+    that DROP deleted every row and cascaded to the runs' evidence; the migrations turn them off and
+    check them before committing."""
+    import sqlalchemy as sa
+    import yaml
+
+    from icp_pipeline.db.models import Citation, CompetitiveMetric, CycleItem, Mention, QuestionRun
+    from icp_pipeline.db.session import downgrade, session_scope
+    from icp_pipeline.defs.resources import ModelProviderResource
+    from icp_pipeline.visibility import steps
+    from icp_pipeline.visibility.cycles import open_cycle
+    from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    example = Path(__file__).parents[2] / "icp_pipeline" / "examples" / "acme.yaml"
+    data = yaml.safe_load(example.read_text())
+    data.update(models=data["models"][:1], locations=data["locations"][:1], samples=1)
+    with session_scope(url) as session:
+        upsert_org(session, parse_org_text(yaml.safe_dump(data)))
+        cycle, _ = open_cycle(session, "acme")
+        keys = sorted({item.partition_key for item in cycle.items})
+    provider_for = ModelProviderResource().provider_for
+    for key in keys:
+        steps.buy_answers(url, key, provider_for)
+        steps.store_runs(url, key)
+        steps.extract_mentions(url, key)
+        steps.extract_run_citations(url, key)
+        steps.compute_metrics(url, key)
+
+    tables = (CycleItem, QuestionRun, Mention, Citation, CompetitiveMetric)
+
+    def counts() -> list[int]:
+        with session_scope(url) as session:
+            return [session.scalar(sa.select(sa.func.count()).select_from(t)) or 0 for t in tables]
+
+    before = counts()
+    assert all(before), before  # every table has rows to lose
+    downgrade(url, "0008")  # rebuilds question_runs, questions, orgs and citations on the way
+    upgrade(url)
+    assert counts() == before
+    assert _diff(url) == []

@@ -14,6 +14,13 @@ if context.is_offline_mode():
         context.run_migrations()
 else:
     with get_engine(url).connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # SQLite alters a table by rebuilding it (batch mode: copy, DROP, rename). With foreign keys
+            # on (as every app connection has them) DROP TABLE first deletes the rows and fires ON
+            # DELETE CASCADE, which would wipe the runs' mentions, citations, claims and metrics. Off
+            # for the migration (SQLite's documented procedure; the PRAGMA only works outside a
+            # transaction, which pysqlite has not begun yet), then checked before the commit.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
@@ -21,4 +28,10 @@ else:
         )
         with context.begin_transaction():
             context.run_migrations()
+            if connection.dialect.name == "sqlite":
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(
+                        f"the migration left {len(broken)} rows with a missing parent: {broken[:5]}"
+                    )
         connection.commit()
