@@ -296,7 +296,7 @@ class QuestionRun(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # What each deterministic step last applied to the run: its extractor version and a hash of the
-    # org evidence it read (steps.replay_stamp). NULL = unknown (before 0011, or invalidated).
+    # org evidence it read (steps.replay_stamps). NULL = unknown (before 0011, or invalidated).
     mentions_stamp: Mapped[str | None] = mapped_column(String(120), nullable=True)
     citations_stamp: Mapped[str | None] = mapped_column(String(120), nullable=True)
     metrics_stamp: Mapped[str | None] = mapped_column(String(120), nullable=True)

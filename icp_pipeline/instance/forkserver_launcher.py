@@ -73,7 +73,7 @@ WORKER_TAG = "icp/worker"
 # seconds ago (default 5) + op_granularity_run_buffer. The allowance covers a run that started but
 # has not yet asked for its slot. A forked worker asks within about 0.5 s, while the 5 s count a
 # started run twice (as started, and by the slot it then holds or waits for): at 1 s per model call
-# that throttled admission below the pool's pace (the pool was full for 35 % of the cycle).
+# that throttled admission below the pool's pace (the pool was full for 35-38 % of the cycle).
 STARTED_RUN_SLOT_ENV = "DAGSTER_OP_CONCURRENCY_KEYS_ALLOTTED_FOR_STARTED_RUN_SECONDS"
 RUN_WORKER = f"{__name__}:run_worker"
 
@@ -180,6 +180,13 @@ def _resolve(target: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+def _report_exit(pid: int, status: int) -> None:
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        os.write(2, f"icp forkserver: worker {pid} ended with {how}\n".encode())
+
+
 def _reap(_signum: int, _frame: Any) -> None:
     """SIGCHLD: collect every ended child (no zombies); say on stderr which ones did not exit 0."""
     while True:
@@ -189,10 +196,21 @@ def _reap(_signum: int, _frame: Any) -> None:
             return
         if pid == 0:
             return
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            os.write(2, f"icp forkserver: worker {pid} ended with {how}\n".encode())
+        _report_exit(pid, status)
+
+
+def _reap_until_no_children() -> None:
+    """After the last request: stay the workers' parent until each has ended, so none is left to a
+    PID 1 that may not reap (a container whose PID 1 is the daemon) and each exit is still logged."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        _report_exit(pid, status)
 
 
 def _child(request: Mapping[str, Any], closing: Sequence[int]) -> None:
@@ -220,8 +238,8 @@ def serve(request_fd: int, reply_fd: int, preload_json: str) -> None:
     """The fork server's main: import the modules, then fork one child per request line.
 
     A request is a JSON line {"target": "module:function", "args": [...]}; the reply is the child's pid.
-    The server exits when the launcher's end of the request pipe closes (its process ended); running
-    children are left to finish.
+    When the launcher's end of the request pipe closes (its process ended, or it replaced this server
+    after a code change) the server takes no more requests and exits once its running children have.
     """
     setup = json.loads(preload_json)
     sys.path[:] = setup["sys_path"]  # the launcher's, as the code server's workers would have
@@ -240,7 +258,8 @@ def serve(request_fd: int, reply_fd: int, preload_json: str) -> None:
         try:
             replies.write(f"{pid}\n".encode())
         except BrokenPipeError:  # the launcher's process ended
-            return
+            break
+    _reap_until_no_children()
 
 
 def _read_line(stream: BinaryIO) -> bytes:
@@ -271,18 +290,19 @@ def _source_files(module: str) -> list[Path]:
     return files
 
 
-def code_stamp(modules: Sequence[str]) -> tuple[int, int]:
-    """(number of files, newest modification time) of the project code the fork server preloads: a
-    new stamp means the server holds stale code. About 1 ms for this project's 120 files."""
-    newest, count = 0, 0
+def code_stamp(modules: Sequence[str]) -> int:
+    """A hash of (path, size, modification time) of every .py file of the project code the fork
+    server preloads: a new stamp means the server holds stale code, including a rollback that
+    restores older modification times (rsync, `cp -p`). About 2 ms for this project's 130 files."""
+    files = []
     for name in dict.fromkeys(m.partition(".")[0] for m in modules):
         for path in _source_files(name):
             try:
-                newest = max(newest, path.stat().st_mtime_ns)
+                stat = path.stat()
             except OSError:
                 continue
-            count += 1
-    return count, newest
+            files.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return hash(tuple(sorted(files)))
 
 
 class ForkServer:
@@ -296,7 +316,8 @@ class ForkServer:
         self._process: subprocess.Popen | None = None
         self._requests: BinaryIO | None = None
         self._replies: BinaryIO | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: int | None = None
+        self._retired: list[subprocess.Popen] = []  # replaced servers, still parents of running workers
         self.pid: int | None = None
 
     def _start(self) -> None:
@@ -336,8 +357,9 @@ class ForkServer:
         """Fork a child of the server that runs `target(*args)`; its pid."""
         line = (json.dumps({"target": target, "args": list(args)}) + "\n").encode()
         with self._lock:
+            self._retired = [p for p in self._retired if p.poll() is None]  # reaped once they exit
             if self._process is not None and code_stamp(self._modules) != self._stamp:
-                self._stop()
+                self._stop(wait=False)
             if self._process is None or self._process.poll() is not None:
                 self._start()
             assert self._requests is not None and self._replies is not None
@@ -353,19 +375,25 @@ class ForkServer:
 
     def stop(self) -> None:
         with self._lock:
-            self._stop()
+            self._stop(wait=True)
 
-    def _stop(self) -> None:
+    def _stop(self, wait: bool) -> None:
+        """End of input: the server takes no more requests and exits when its running workers have.
+        `wait` (the launcher's disposal): give it 10 s, then kill it (its workers go on, orphaned);
+        otherwise (replaced after a code change) leave it to finish and reap it later."""
         if self._process is None:
             return
         assert self._requests is not None and self._replies is not None
-        self._requests.close()  # the server exits at end of input; its running workers go on
+        self._requests.close()
         self._replies.close()
-        try:
-            self._process.wait(10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(10)
+        if wait:
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+        else:
+            self._retired.append(self._process)
         self._process = None
 
 

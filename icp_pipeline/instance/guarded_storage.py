@@ -128,6 +128,10 @@ class GuardedPostgresEventLogStorage(GuardedSlotClaim, PooledPostgresEngine, Pos
             token_provider=token_provider,
         )
 
+    def has_table(self, table_name: str) -> bool:
+        parent = super()
+        return self._remember_true(f"table:{table_name}", lambda: parent.has_table(table_name))
+
     def has_asset_key_col(self, column_name: str) -> bool:
         def ask() -> bool:
             with self.index_connection() as conn:

@@ -28,7 +28,7 @@ dagster==1.13.27 and exercised by icp_pipeline_tests/integration/test_pooled_pos
 import os
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dagster._serdes import ConfigurableClassData
@@ -129,7 +129,7 @@ class PooledPostgresEngine:
     should_autocreate_tables: bool
     REQUIRED_TABLES: tuple[str, ...] = ()
 
-    def _start(self, parent_init: Any, autocreate: bool, **kwargs: Any) -> None:
+    def _start(self, parent_init: Callable[..., None], autocreate: bool, **kwargs: Any) -> None:
         parent_init(self, should_autocreate_tables=False, **kwargs)
         # Asked on the parent's NullPool engine, so a storage the process never uses again (the
         # schedule storage in a run worker) keeps no connection open.
@@ -146,15 +146,11 @@ class PooledPostgresEngine:
         self._engine = pooled_engine(self.postgres_url, self._token_provider)
         nullpool_engine.dispose()
 
-    def _remember_true(self, name: str, ask: Any) -> bool:
+    def _remember_true(self, name: str, ask: Callable[[], bool]) -> bool:
         facts: dict[str, bool] = self.__dict__.setdefault("_icp_schema_facts", {})
         if not facts.get(name):
             facts[name] = bool(ask())
         return facts[name]
-
-    def has_table(self, table_name: str) -> bool:
-        parent = super()
-        return self._remember_true(f"table:{table_name}", lambda: parent.has_table(table_name))  # type: ignore[attr-defined]
 
 
 def storage_kwargs(config_value: Mapping[str, Any]) -> dict[str, Any]:

@@ -498,7 +498,7 @@ def grader_line(payload: dict[str, Any]) -> str:
     """Which model judged the claims and sentiment; empty for snapshots from before graders."""
     if "graders" not in payload:
         return ""
-    used = ", ".join(inert(g["model"]) for g in payload["graders"]) or "none (no claims)"
+    used = ", ".join(markdown_cell(g["model"]) for g in payload["graders"]) or "none (no claims)"
     how = "the org's grader" if payload.get("grader") else "each answering model graded its own answers"
     return f"\nClaims and sentiment graded by: {used} ({how})."
 

@@ -119,8 +119,10 @@ _LATEST_TABLE = Table(
 def materialized_latest(session: Session, org_id: str) -> Iterator[Subquery]:
     """latest_runs(org_id) stored once in a temporary table, as a subquery with the same columns."""
     connection = session.connection()
+    # Qualified, so a real table of that name could never be dropped instead of the temporary one.
+    temp_name = f"{'pg_temp' if connection.dialect.name == 'postgresql' else 'temp'}.{_LATEST_TABLE.name}"
     # A build that failed on SQLite may have left it on this pooled connection.
-    connection.execute(text(f"DROP TABLE IF EXISTS {_LATEST_TABLE.name}"))
+    connection.execute(text(f"DROP TABLE IF EXISTS {temp_name}"))
     _LATEST_TABLE.create(connection)
     latest = latest_runs(org_id)
     connection.execute(
@@ -128,9 +130,11 @@ def materialized_latest(session: Session, org_id: str) -> Iterator[Subquery]:
     )
     if connection.dialect.name == "postgresql":
         # Autovacuum never sees temporary tables: without statistics the planner guesses their size.
-        connection.execute(text(f"ANALYZE {_LATEST_TABLE.name}"))
+        connection.execute(text(f"ANALYZE {temp_name}"))
+    # Not in a `finally`: after an error PostgreSQL's aborted transaction refuses the DROP (and its
+    # rollback removes the table anyway); SQLite's leftover is dropped by the next build, above.
     yield select(_LATEST_TABLE).subquery("latest")
-    connection.execute(text(f"DROP TABLE {_LATEST_TABLE.name}"))
+    connection.execute(text(f"DROP TABLE {temp_name}"))
 
 
 def _mentioned() -> ColumnElement[bool]:

@@ -667,9 +667,11 @@ def recompute_history(db_url: str, org_id: str, batch_size: int = 200) -> dict[s
             )
             if not runs:
                 break
+            # Stamps first: an org load committed between these reads then costs one extra recompute,
+            # never a run computed with the old companies but stamped with the new ones.
+            stamps = replay_stamps(session, org_id)
             terms = company_terms(session, org_id)
             classifier = source_classifier(session, org_id)
-            stamps = replay_stamps(session, org_id)
             for run in runs:
                 _store_mentions(session, run, terms)
                 _store_citations(session, run, classifier)

@@ -321,6 +321,7 @@ def test_a_code_change_on_disk_starts_a_new_fork_server(
         assert out.read_text() == "old"
         server.fork("stampedpkg.code:write", [str(out)])  # unchanged code: the same server
         assert server.pid == first_server
+        sleeper = server.fork("time:sleep", [3])  # still running when the server is replaced
         module.write_text(module.read_text().replace("'old'", "'new'"))
         os.utime(module, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))  # a coarse mtime clock
         out.unlink()
@@ -328,6 +329,12 @@ def test_a_code_change_on_disk_starts_a_new_fork_server(
         wait_until(lambda: out.exists() and out.read_text(), timeout=30, what="the second child's file")
         assert out.read_text() == "new"
         assert server.pid != first_server
+        # The replaced server stays its running worker's parent (reaps it, logs its exit), then exits.
+        (retired,) = server._retired
+        assert retired.poll() is None and Path(f"/proc/{sleeper}").exists()
+        wait_until(lambda: retired.poll() is not None, timeout=30, what="the replaced server to exit")
+        assert retired.returncode == 0
+        assert not Path(f"/proc/{sleeper}").exists()  # reaped, not a zombie left to PID 1
     finally:
         server.stop()
 

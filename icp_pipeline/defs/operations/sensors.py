@@ -29,7 +29,6 @@ from icp_pipeline.visibility.cycles import (
     pending_items,
 )
 
-# The sensor daemon evaluates sensors at most every 5 s (MIN_INTERVAL_LOOP_TIME in dagster/_daemon/sensor.py).
 # The sensor daemon of Dagster 1.13 evaluates sensors in a loop of at least 5 s
 # (MIN_INTERVAL_LOOP_TIME) and skips a sensor whose last tick started less than its interval ago. An
 # interval of exactly 5 s therefore aliased with the loop: a tick started 4.99 s before the next pass
