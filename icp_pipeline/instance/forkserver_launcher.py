@@ -74,6 +74,9 @@ WORKER_TAG = "icp/worker"
 # has not yet asked for its slot. A forked worker asks within about 0.5 s, while the 5 s count a
 # started run twice (as started, and by the slot it then holds or waits for): at 1 s per model call
 # that throttled admission below the pool's pace (the pool was full for 35-38 % of the cycle).
+# Dagster builds the launcher on first use (the daemon's first launch or health check), so the dequeue
+# passes before that use the 5 s default; set the variable in the daemon's environment to have it
+# from the first pass.
 STARTED_RUN_SLOT_ENV = "DAGSTER_OP_CONCURRENCY_KEYS_ALLOTTED_FOR_STARTED_RUN_SECONDS"
 RUN_WORKER = f"{__name__}:run_worker"
 
