@@ -14,24 +14,26 @@ if context.is_offline_mode():
         context.run_migrations()
 else:
     with get_engine(url).connect() as connection:
-        if connection.dialect.name == "sqlite":
+        sqlite = connection.dialect.name == "sqlite"
+        orphans_before: set = set()
+        if sqlite:
             # SQLite alters a table by rebuilding it (batch mode: copy, DROP, rename). With foreign keys
             # on (as every app connection has them) DROP TABLE first deletes the rows and fires ON
             # DELETE CASCADE, which would wipe the runs' mentions, citations, claims and metrics. Off
             # for the migration (SQLite's documented procedure; the PRAGMA only works outside a
-            # transaction, which pysqlite has not begun yet), then checked before the commit.
+            # transaction, which pysqlite has not begun yet), then checked before the commit. Rows
+            # that already lacked a parent (written with foreign keys off) are not the migration's.
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        context.configure(
-            connection=connection,
-            target_metadata=Base.metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
+            orphans_before = set(connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite)
         with context.begin_transaction():
             context.run_migrations()
-            if connection.dialect.name == "sqlite":
-                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if sqlite:
+                broken = (
+                    set(connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()) - orphans_before
+                )
                 if broken:
                     raise RuntimeError(
-                        f"the migration left {len(broken)} rows with a missing parent: {broken[:5]}"
+                        f"the migration left {len(broken)} rows with a missing parent: {sorted(broken)[:5]}"
                     )
         connection.commit()
