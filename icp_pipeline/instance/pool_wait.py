@@ -28,8 +28,10 @@ from dagster._core.execution.plan import instance_concurrency_context
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 
 # How soon a step blocked on a full pool checks again. Each check is a few indexed queries on the
-# event log; 5 checks a second per waiting step keeps a freed slot idle for at most 0.2 s.
-POOL_CLAIM_RETRY_SECONDS = 0.2
+# event log; 10 checks a second per waiting step keep a freed slot idle for at most 0.1 s. Measured
+# against 0.2 s (bench/bench_cycle.py, 1 s per call, alternating): the CLI cycle 1.17-1.19x against
+# 1.22-1.25x the ideal; the daemon path unchanged (45.1 s), 0.05 s more CPU per question run.
+POOL_CLAIM_RETRY_SECONDS = 0.1
 
 
 def _interval_to_next_pending_claim_check(self: InstanceConcurrencyContext) -> float:
