@@ -37,7 +37,6 @@ from icp_pipeline.instance.pooled_postgres import (
     PooledPostgresEngine,
     column_exists,
     column_exists_on,
-    storage_kwargs,
 )
 
 
@@ -113,21 +112,6 @@ class GuardedPostgresEventLogStorage(GuardedSlotClaim, PooledPostgresEngine, Pos
 
     REQUIRED_TABLES = ("event_logs",)
 
-    def __init__(
-        self,
-        postgres_url: str,
-        should_autocreate_tables: bool = True,
-        inst_data: ConfigurableClassData | None = None,
-        token_provider: Any = None,
-    ) -> None:
-        self._start(
-            PostgresEventLogStorage.__init__,
-            should_autocreate_tables,
-            postgres_url=postgres_url,
-            inst_data=inst_data,
-            token_provider=token_provider,
-        )
-
     def has_table(self, table_name: str) -> bool:
         parent = super()
         return self._remember_true(f"table:{table_name}", lambda: parent.has_table(table_name))
@@ -150,9 +134,3 @@ class GuardedPostgresEventLogStorage(GuardedSlotClaim, PooledPostgresEngine, Pos
         return self.has_table(ConcurrencyLimitsTable.name) and column_exists_on(
             self._engine, ConcurrencyLimitsTable.name, ConcurrencyLimitsTable.c.using_default_limit.name
         )
-
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> "GuardedPostgresEventLogStorage":
-        return cls(inst_data=inst_data, **storage_kwargs(config_value))

@@ -29,7 +29,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
 
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.run_storage import PostgresRunStorage
@@ -129,17 +129,38 @@ class PooledPostgresEngine:
     should_autocreate_tables: bool
     REQUIRED_TABLES: tuple[str, ...] = ()
 
-    def _start(self, parent_init: Callable[..., None], autocreate: bool, **kwargs: Any) -> None:
-        parent_init(self, should_autocreate_tables=False, **kwargs)
+    def __init__(
+        self,
+        postgres_url: str,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+        token_provider: Any = None,
+    ) -> None:
+        # The dagster-postgres storage this mixin precedes in the class's bases.
+        parent_init = super().__init__  # type: ignore[misc]
+        kwargs = {"postgres_url": postgres_url, "inst_data": inst_data, "token_provider": token_provider}
+        parent_init(should_autocreate_tables=False, **kwargs)
         # Asked on the parent's NullPool engine, so a storage the process never uses again (the
         # schedule storage in a run worker) keeps no connection open.
-        if autocreate and not all(
+        if should_autocreate_tables and not all(
             retry_pg_connection_fn(lambda name=name: table_exists(self._engine, name))
             for name in self.REQUIRED_TABLES
         ):
-            parent_init(self, should_autocreate_tables=True, **kwargs)
-        self.should_autocreate_tables = autocreate
+            parent_init(should_autocreate_tables=True, **kwargs)
+        self.should_autocreate_tables = should_autocreate_tables
         self._use_pooled_engine()
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> Self:
+        """dagster-postgres's config, read as its own from_config_value reads it."""
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
 
     def _use_pooled_engine(self) -> None:
         nullpool_engine = self._engine
@@ -153,34 +174,10 @@ class PooledPostgresEngine:
         return facts[name]
 
 
-def storage_kwargs(config_value: Mapping[str, Any]) -> dict[str, Any]:
-    """dagster-postgres's constructor arguments from its config (as its own from_config_value)."""
-    return {
-        "postgres_url": pg_url_from_config(config_value),
-        "should_autocreate_tables": config_value.get("should_autocreate_tables", True),
-        "token_provider": get_token_provider_from_config(config_value),
-    }
-
-
 class PooledPostgresRunStorage(PooledPostgresEngine, PostgresRunStorage):
     """dagster-postgres's run storage with one pooled connection per process (see the module)."""
 
     REQUIRED_TABLES = ("runs", "instance_info")
-
-    def __init__(
-        self,
-        postgres_url: str,
-        should_autocreate_tables: bool = True,
-        inst_data: ConfigurableClassData | None = None,
-        token_provider: Any = None,
-    ) -> None:
-        self._start(
-            PostgresRunStorage.__init__,
-            should_autocreate_tables,
-            postgres_url=postgres_url,
-            inst_data=inst_data,
-            token_provider=token_provider,
-        )
 
     def has_run_stats_index_cols(self) -> bool:
         def ask() -> bool:
@@ -201,35 +198,8 @@ class PooledPostgresRunStorage(PooledPostgresEngine, PostgresRunStorage):
     def has_backfill_tags_table(self) -> bool:
         return self._remember_true("backfill_tags_table", super().has_backfill_tags_table)
 
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> "PooledPostgresRunStorage":
-        return cls(inst_data=inst_data, **storage_kwargs(config_value))
-
 
 class PooledPostgresScheduleStorage(PooledPostgresEngine, PostgresScheduleStorage):
     """dagster-postgres's schedule storage with one pooled connection per process (see the module)."""
 
     REQUIRED_TABLES = ("jobs",)
-
-    def __init__(
-        self,
-        postgres_url: str,
-        should_autocreate_tables: bool = True,
-        inst_data: ConfigurableClassData | None = None,
-        token_provider: Any = None,
-    ) -> None:
-        self._start(
-            PostgresScheduleStorage.__init__,
-            should_autocreate_tables,
-            postgres_url=postgres_url,
-            inst_data=inst_data,
-            token_provider=token_provider,
-        )
-
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> "PooledPostgresScheduleStorage":
-        return cls(inst_data=inst_data, **storage_kwargs(config_value))
