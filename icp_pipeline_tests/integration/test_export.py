@@ -22,6 +22,7 @@ from icp_pipeline.visibility import export, stats
 from icp_pipeline.visibility.cycles import open_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline_tests.support.pipeline import pipeline_defs
+from icp_pipeline_tests.support.segment_rows import add_built_segment
 
 FORMULA_QUESTION = '=HYPERLINK("http://evil.example","click") which analytics tool is best?'
 BI_ORG = {
@@ -382,33 +383,11 @@ HOSTILE = '=HYPERLINK("http://evil.example")|\x1b[2J <img src=x>\n**b**'
 
 
 def test_export_writes_the_evidence_sections_with_hostile_text_as_data(app_db: str, tmp_path: Path) -> None:
-    from icp_pipeline.db.models import Cycle, Question, Segment, SegmentResult, Site
+    from icp_pipeline.db.models import Cycle, Question
 
     with session_scope(app_db) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(BI_ORG)))
-        session.add(
-            Site(id="shop", name="Shop", url="https://shop.example", description="d", config_sha256="0")
-        )
-        session.flush()
-        segment = Segment(
-            site_id="shop",
-            key="evil",
-            partition_key="shop|evil",
-            name=HOSTILE,
-            description="d",
-            source="generated",
-        )
-        session.add(segment)
-        session.flush()
-        session.add(
-            SegmentResult(
-                segment_id=segment.id,
-                success=True,
-                analysis={"fit_score": 0.75},
-                provider="offline",
-                model="m",
-            )
-        )
+        segment = add_built_segment(session, name=HOSTILE, fit_score=0.75)
         for i, status in enumerate(["active", "active", "retired"]):
             session.add(
                 Question(

@@ -25,7 +25,6 @@ from icp_pipeline.db.models import (
     OrgModel,
     Question,
     Segment,
-    SegmentResult,
     Site,
 )
 from icp_pipeline.db.session import session_scope, upgrade
@@ -35,6 +34,7 @@ from icp_pipeline.segments.site_file import parse_site_text, upsert_site
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline_tests.conftest import EXAMPLE_ORG, example_org_data
 from icp_pipeline_tests.support.pipeline import count
+from icp_pipeline_tests.support.segment_rows import add_built_segment
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE_SITE = ROOT / "icp_pipeline" / "examples" / "acme_site.yaml"
@@ -304,29 +304,7 @@ def test_org_report_shows_the_evidence_sections_with_hostile_names_inert(
     category, untracked companies and search queries: every model- or file-written text inert."""
     assert main(["org", "load", str(EXAMPLE_ORG)]) == 0
     with session_scope(app_db) as session:
-        session.add(
-            Site(id="shop", name="Shop", url="https://shop.example", description="d", config_sha256="0")
-        )
-        session.flush()
-        segment = Segment(
-            site_id="shop",
-            key="evil",
-            partition_key="shop|evil",
-            name=HOSTILE_TEXT,
-            description="d",
-            source="generated",
-        )
-        session.add(segment)
-        session.flush()
-        session.add(
-            SegmentResult(
-                segment_id=segment.id,
-                success=True,
-                analysis={"fit_score": 0.9},
-                provider="offline",
-                model="m",
-            )
-        )
+        segment = add_built_segment(session, name=HOSTILE_TEXT, fit_score=0.9)
         for i, active in enumerate([True, True, False]):
             session.add(
                 Question(
