@@ -11,8 +11,8 @@ storages ask the database on every call whether a column or table added by an ol
 
 What: the same storages with
 - a `QueuePool` of one connection (`pool_size=1`; more threads get overflow connections that are
-  closed when returned, as with NullPool), pinged before use so a restarted server costs one
-  reconnect, not an error, and recycled hourly. A process holds at most one idle connection per
+  closed when returned, as with NullPool); a connection idle for more than 10 s is pinged before use,
+  so a restarted server costs one reconnect, not an error; recycled hourly. A process holds at most one idle connection per
   storage, which is what dagster-webserver already does (`optimize_for_webserver`).
 - no connection inherited across a fork: a forked child drops its parent's pooled connections
   without closing them (`os.register_at_fork`), so the child opens its own (the project's fork rule;
@@ -21,7 +21,8 @@ What: the same storages with
   asked again, so a migration run while the process lives is still seen).
 - the table check at start-up as one `to_regclass` query instead of reflecting every table name.
 
-Private Dagster attributes used (`_engine`, the `has_*` methods, `_init_db`), pinned by
+Private Dagster attributes used (`_engine`, `_token_provider`, the `has_*` methods; the parent's
+`__init__` is called twice on an empty database), pinned by
 dagster==1.13.27 and exercised by icp_pipeline_tests/integration/test_pooled_postgres.py.
 """
 
