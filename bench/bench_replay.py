@@ -29,10 +29,9 @@ import yaml
 
 from icp_pipeline.db.models import QuestionRun
 from icp_pipeline.db.session import session_scope, upgrade
-from icp_pipeline.defs.resources import ModelProviderResource
 from icp_pipeline.visibility import steps
-from icp_pipeline.visibility.cycles import open_cycle, refresh_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
+from icp_pipeline_tests.support.pipeline import run_cycle_steps
 
 PG_ADMIN_URL = os.environ.get("ICP_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 EXAMPLE = Path(__file__).resolve().parent.parent / "icp_pipeline" / "examples" / "acme.yaml"
@@ -45,20 +44,7 @@ STEPS: dict[str, Callable[[str, str], dict[str, Any]]] = {
 
 def _cycle(url: str) -> str:
     """One whole cycle of the one-partition org through the plain steps."""
-    with session_scope(url) as session:
-        cycle, created = open_cycle(session, "acme")
-        assert created, "the previous cycle is still open"
-        cycle_id, keys = cycle.id, sorted({item.partition_key for item in cycle.items})
-    provider_for = ModelProviderResource().provider_for
-    (key,) = keys
-    steps.buy_answers(url, key, provider_for)
-    steps.store_runs(url, key)
-    steps.extract_mentions(url, key)
-    steps.extract_run_citations(url, key)
-    steps.extract_claims(url, key, provider_for)
-    steps.compute_metrics(url, key)
-    with session_scope(url) as session:
-        assert refresh_cycle(session, cycle_id).status == "succeeded"
+    (key,) = run_cycle_steps(url, "acme")
     return key
 
 

@@ -28,11 +28,10 @@ from icp_pipeline.defs.resources import AppDatabase, ModelProviderResource, Push
 from icp_pipeline.defs.visibility import assets as va
 from icp_pipeline.visibility import steps
 from icp_pipeline.visibility.citations import CITATIONS_VERSION
-from icp_pipeline.visibility.cycles import open_cycle, refresh_cycle
 from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
 from icp_pipeline.visibility.untracked import UNTRACKED_VERSION
 from icp_pipeline_tests.conftest import example_org_data
-from icp_pipeline_tests.support.pipeline import count
+from icp_pipeline_tests.support.pipeline import count, run_cycle_steps
 
 
 def small_org() -> dict[str, Any]:
@@ -50,20 +49,7 @@ def load(url: str, data: dict[str, Any]) -> None:
 
 def run_cycle(url: str) -> list[str]:
     """One whole cycle through the plain steps (offline provider), rolled up."""
-    with session_scope(url) as session:
-        cycle, created = open_cycle(session, "acme")
-        assert created
-        cycle_id, keys = cycle.id, sorted({item.partition_key for item in cycle.items})
-    provider_for = ModelProviderResource().provider_for
-    for key in keys:
-        steps.buy_answers(url, key, provider_for)
-        steps.store_runs(url, key)
-        steps.extract_mentions(url, key)
-        steps.extract_run_citations(url, key)
-        steps.extract_claims(url, key, provider_for)
-        steps.compute_metrics(url, key)  # untracked companies, then metrics
-    with session_scope(url) as session:
-        assert refresh_cycle(session, cycle_id).status == "succeeded"
+    keys = run_cycle_steps(url, "acme")
     steps.mark_latest(url, "acme")
     steps.build_analytics(url, "acme")
     return keys

@@ -74,10 +74,8 @@ def test_a_downgrade_and_upgrade_of_a_populated_sqlite_database_keep_every_row(t
 
     from icp_pipeline.db.models import Citation, CompetitiveMetric, CycleItem, Mention, QuestionRun
     from icp_pipeline.db.session import downgrade, session_scope
-    from icp_pipeline.defs.resources import ModelProviderResource
-    from icp_pipeline.visibility import steps
-    from icp_pipeline.visibility.cycles import open_cycle
     from icp_pipeline.visibility.org_file import parse_org_text, upsert_org
+    from icp_pipeline_tests.support.pipeline import run_cycle_steps
 
     url = f"sqlite:///{tmp_path / 'app.db'}"
     upgrade(url)
@@ -86,15 +84,7 @@ def test_a_downgrade_and_upgrade_of_a_populated_sqlite_database_keep_every_row(t
     data.update(models=data["models"][:1], locations=data["locations"][:1], samples=1)
     with session_scope(url) as session:
         upsert_org(session, parse_org_text(yaml.safe_dump(data)))
-        cycle, _ = open_cycle(session, "acme")
-        keys = sorted({item.partition_key for item in cycle.items})
-    provider_for = ModelProviderResource().provider_for
-    for key in keys:
-        steps.buy_answers(url, key, provider_for)
-        steps.store_runs(url, key)
-        steps.extract_mentions(url, key)
-        steps.extract_run_citations(url, key)
-        steps.compute_metrics(url, key)
+    run_cycle_steps(url, "acme")
 
     tables = (CycleItem, QuestionRun, Mention, Citation, CompetitiveMetric)
 

@@ -52,3 +52,26 @@ def max_concurrent_calls(db_url: str) -> int:
         current += delta
         peak = max(peak, current)
     return peak
+
+
+def run_cycle_steps(db_url: str, org_id: str) -> list[str]:
+    """One whole cycle of the org through the plain steps (no Dagster; the offline provider unless
+    keys are set), every partition succeeded; its partition keys, sorted."""
+    from icp_pipeline.visibility import steps
+    from icp_pipeline.visibility.cycles import open_cycle, refresh_cycle
+
+    with session_scope(db_url) as session:
+        cycle, created = open_cycle(session, org_id)
+        assert created, "the previous cycle is still open"
+        cycle_id, keys = cycle.id, sorted({item.partition_key for item in cycle.items})
+    provider_for = ModelProviderResource().provider_for
+    for key in keys:
+        steps.buy_answers(db_url, key, provider_for)
+        steps.store_runs(db_url, key)
+        steps.extract_mentions(db_url, key)
+        steps.extract_run_citations(db_url, key)
+        steps.extract_claims(db_url, key, provider_for)
+        steps.compute_metrics(db_url, key)  # untracked companies, then metrics
+    with session_scope(db_url) as session:
+        assert refresh_cycle(session, cycle_id).status == "succeeded"
+    return keys
