@@ -225,7 +225,9 @@ def _model_labels(session: Session, latest: Subquery) -> pd.DataFrame:
     return _frame(rows, ["model_id", "provider", "requested_model", "synthetic"])
 
 
-def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _cells(
+    session: Session, org_id: str, company_ids: list[int], latest: Subquery
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two frames keyed by the cell labels (question key, provider/model, country): per cell its runs,
     the sum of squared mentions per run and whether any run of its model label is synthetic; per cell
     and company its mentioned runs, sums of positions and squared positions, cited runs, and the sum of
@@ -235,11 +237,6 @@ def _cells(session: Session, org_id: str, latest: Subquery) -> tuple[pd.DataFram
     # A model id with two labels among its latest runs (renamed between cycles): its labels are keys
     # too (rare; strings, so the rows then take the slower generic path).
     ambiguous = bool(labels.duplicated("model_id").any())
-    company_ids = list(
-        session.scalars(
-            select(Company.id).where(Company.org_id == org_id, Company.active).order_by(Company.id)
-        )
-    )
     rows = _per_metric(company_ids, latest, labelled=ambiguous)
     id_keys = [*_IDS, "provider", "requested_model"] if ambiguous else _IDS
     keys = [*(rows.c[name] for name in id_keys), rows.c.company_id]
@@ -603,85 +600,62 @@ def org_analytics(
         # The roll-up's hash aggregates (a row per cell and company) spill to disk at the default 4 MB.
         session.execute(text("SET LOCAL work_mem = '64MB'"))
     with materialized_latest(session, org_id) as latest:
-        return _payload(
-            session,
-            latest,
-            org_id=org_id,
-            cycle_id=cycle_id,
-            generated_at=generated_at,
-            run_counts=run_counts,
-            companies=companies,
-            min_runs=min_runs,
-            previous=previous,
-            grader=grader,
+        # `companies` are the org's active companies (build_analytics reads them): their ids filter the
+        # metric rows.
+        cells, company_cells = _cells(session, org_id, [c.company_id for c in companies], latest)
+        latest_count = int(cells["runs"].sum())
+        intervals = "bootstrap" if latest_count <= stats.BOOTSTRAP_MAX_RUNS else "delta"
+        breakdowns: dict[str | None, dict[Any, list[dict[str, Any]]]] = {}
+        for dimension in DIMENSIONS:
+            groups = _group_counts(cells, company_cells, dimension)
+            breakdowns[dimension] = {
+                key: _company_rows(companies, groups[key], min_runs, intervals)
+                for key in sorted(groups, key=_sort_key)
+            }
+        if intervals == "bootstrap":
+            _bootstrap(session, org_id, latest, companies, breakdowns)
+        stability = _stability(cells, company_cells, companies)
+        for question, rows in breakdowns["question"].items():
+            for row in rows:
+                row["stability"] = stability[question][row["company_id"]]
+        overall = breakdowns[None].get(None) or _company_rows(
+            companies, _Counts(0, 0, {}), min_runs, intervals
         )
-
-
-def _payload(
-    session: Session,
-    latest: Subquery,
-    *,
-    org_id: str,
-    cycle_id: int,
-    generated_at: datetime,
-    run_counts: dict[str, int],
-    companies: list[analytics_lib.CompanyInfo],
-    min_runs: int,
-    previous: dict[str, Any] | None,
-    grader: tuple[str, str] | None,
-) -> dict[str, Any]:
-    cells, company_cells = _cells(session, org_id, latest)
-    latest_count = int(cells["runs"].sum())
-    intervals = "bootstrap" if latest_count <= stats.BOOTSTRAP_MAX_RUNS else "delta"
-    breakdowns: dict[str | None, dict[Any, list[dict[str, Any]]]] = {}
-    for dimension in DIMENSIONS:
-        groups = _group_counts(cells, company_cells, dimension)
-        breakdowns[dimension] = {
-            key: _company_rows(companies, groups[key], min_runs, intervals)
-            for key in sorted(groups, key=_sort_key)
-        }
-    if intervals == "bootstrap":
-        _bootstrap(session, org_id, latest, companies, breakdowns)
-    stability = _stability(cells, company_cells, companies)
-    for question, rows in breakdowns["question"].items():
-        for row in rows:
-            row["stability"] = stability[question][row["company_id"]]
-    overall = breakdowns[None].get(None) or _company_rows(companies, _Counts(0, 0, {}), min_runs, intervals)
-    if not breakdowns[None]:
-        # No latest run: the reference's bootstrap over no runs leaves both intervals undefined.
+        if not breakdowns[None]:
+            # No latest run: the reference's bootstrap over no runs leaves both intervals undefined.
+            for row in overall:
+                row["share_of_voice_ci"] = row["average_position_ci"] = None
+        previous_rows = {row["name"]: row for row in (previous or {}).get("companies", [])}
         for row in overall:
-            row["share_of_voice_ci"] = row["average_position_ci"] = None
-    previous_rows = {row["name"]: row for row in (previous or {}).get("companies", [])}
-    for row in overall:
-        row["change"] = analytics_lib.change_since(row, previous_rows.get(row["name"]))
-    graders = grader_usage(session, latest)
-    return {
-        "org_id": org_id,
-        "cycle_id": cycle_id,
-        "generated_at": generated_at.isoformat(),
-        "analytics_version": analytics_lib.ANALYTICS_VERSION,
-        "synthetic": bool(cells["synthetic"].max()) if latest_count else False,
-        "runs": run_counts,
-        "latest_runs": latest_count,
-        "companies": overall,
-        "by_model": breakdowns["model"],
-        "by_location": breakdowns["location"],
-        "by_question": breakdowns["question"],
-        "by_segment": breakdowns["segment"],
-        "min_runs": min_runs,
-        "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
-        "citations": citation_stats(session, latest),
-        "untracked_companies": evidence.untracked_companies(session, latest),
-        "sentiment": sentiment_stats(session, latest, companies),
-        "cost": cost_stats(session, cycle_id),
-        "grader": None if grader is None else {"provider": grader[0], "model": grader[1]},
-        "graders": [
-            {"model": g.model, "runs": g.runs, "claims": g.claims, "synthetic": g.synthetic}
-            for g in sorted(graders, key=lambda g: g.model)
-        ],
-        "mixed_graders": len(graders) > 1,
-        "search_queries": search_fanout.search_query_stats(session, latest),
-    }
+            row["change"] = analytics_lib.change_since(row, previous_rows.get(row["name"]))
+        graders = grader_usage(session, latest)
+        return {
+            "org_id": org_id,
+            "cycle_id": cycle_id,
+            "generated_at": generated_at.isoformat(),
+            "analytics_version": analytics_lib.ANALYTICS_VERSION,
+            "synthetic": bool(cells["synthetic"].max()) if latest_count else False,
+            "runs": run_counts,
+            "latest_runs": latest_count,
+            "companies": overall,
+            "by_model": breakdowns["model"],
+            "by_location": breakdowns["location"],
+            "by_question": breakdowns["question"],
+            "by_segment": breakdowns["segment"],
+            "min_runs": min_runs,
+            "previous_cycle_id": None if previous is None else previous.get("cycle_id"),
+            "citations": citation_stats(session, latest),
+            "untracked_companies": evidence.untracked_companies(session, latest),
+            "sentiment": sentiment_stats(session, latest, companies),
+            "cost": cost_stats(session, cycle_id),
+            "grader": None if grader is None else {"provider": grader[0], "model": grader[1]},
+            "graders": [
+                {"model": g.model, "runs": g.runs, "claims": g.claims, "synthetic": g.synthetic}
+                for g in sorted(graders, key=lambda g: g.model)
+            ],
+            "mixed_graders": len(graders) > 1,
+            "search_queries": search_fanout.search_query_stats(session, latest),
+        }
 
 
 def _sort_key(key: Any) -> Any:
