@@ -3,7 +3,7 @@
 import dagster as dg
 from sqlalchemy.orm import configure_mappers
 
-# Steps waiting for a pool slot retry every 0.2 s and sleep in between, whatever the event log
+# Steps waiting for a pool slot retry every 0.1 s and sleep in between, whatever the event log
 # (imported for its effect; see the module).
 import icp_pipeline.instance.pool_wait  # noqa: F401
 from icp_pipeline.defs.operations.schedules import daily_org_cycle_schedule, weekly_icp_refresh_schedule

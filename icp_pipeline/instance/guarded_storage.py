@@ -36,7 +36,6 @@ from icp_pipeline.instance.pool_wait import POOL_CLAIM_RETRY_SECONDS
 from icp_pipeline.instance.pooled_postgres import (
     PooledPostgresEngine,
     column_exists,
-    column_exists_on,
 )
 
 
@@ -116,13 +115,7 @@ class GuardedPostgresEventLogStorage(GuardedSlotClaim, PooledPostgresEngine, Pos
         parent = super()
         return self._remember_true(f"table:{table_name}", lambda: parent.has_table(table_name))
 
-    def has_asset_key_col(self, column_name: str) -> bool:
-        def ask() -> bool:
-            with self.index_connection() as conn:
-                return column_exists(conn, AssetKeyTable.name, column_name)
-
-        return self._remember_true(f"asset_keys:{column_name}", ask)
-
+    # The parent's has_asset_key_col opens a connection and asks this: one place for the fact.
     def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
         return self._remember_true(
             f"asset_keys:{column_name}", lambda: column_exists(conn, AssetKeyTable.name, column_name)
@@ -131,6 +124,9 @@ class GuardedPostgresEventLogStorage(GuardedSlotClaim, PooledPostgresEngine, Pos
     @cached_property
     def has_default_pool_limit_col(self) -> bool:
         # As the parent (a column a later migration added), with one catalog query.
-        return self.has_table(ConcurrencyLimitsTable.name) and column_exists_on(
-            self._engine, ConcurrencyLimitsTable.name, ConcurrencyLimitsTable.c.using_default_limit.name
-        )
+        if not self.has_table(ConcurrencyLimitsTable.name):
+            return False
+        with self.index_connection() as conn:
+            return column_exists(
+                conn, ConcurrencyLimitsTable.name, ConcurrencyLimitsTable.c.using_default_limit.name
+            )

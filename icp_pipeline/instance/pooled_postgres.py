@@ -110,11 +110,6 @@ def column_exists(conn: Connection, table_name: str, column_name: str) -> bool:
     return found > 0
 
 
-def column_exists_on(engine: Engine, table_name: str, column_name: str) -> bool:
-    with engine.connect() as conn:
-        return column_exists(conn, table_name, column_name)
-
-
 class PooledPostgresEngine:
     """Mixin for a dagster-postgres storage: swaps its NullPool engine for `pooled_engine` and caches
     the schema facts that the storage would otherwise reflect on every call.

@@ -36,11 +36,6 @@ from icp_pipeline.visibility.cycles import (
 # after `org load`, bench/bench_daemon.py). Any interval under the loop ticks on every pass.
 SENSOR_EVERY_PASS_SECONDS = 1
 
-# A tick costs 0.03-0.06 s of CPU for the example org and 0.6 s with 100,000 question-run keys
-# (bench/bench_sync_sensor.py), so ticking on every pass of the daemon costs little and a loaded org
-# waits at most 5 s for its first runs.
-SYNC_INTERVAL_SECONDS = SENSOR_EVERY_PASS_SECONDS
-
 
 def partition_diff(
     instance: dg.DagsterInstance, definition: dg.DynamicPartitionsDefinition, desired: set[str]
@@ -57,7 +52,10 @@ def partition_diff(
 
 @dg.sensor(
     jobs=[question_run_job, segment_icp_job, site_summary_job],
-    minimum_interval_seconds=SYNC_INTERVAL_SECONDS,
+    # A tick costs 0.03-0.06 s of CPU for the example org and 0.6 s with 100,000 question-run keys
+    # (bench/bench_sync_sensor.py), so ticking on every pass costs little and a loaded org waits at
+    # most 5 s for its first runs.
+    minimum_interval_seconds=SENSOR_EVERY_PASS_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Keeps dynamic partitions equal to the app database, opens new orgs' first cycles and requests the first runs of new work.",
 )
