@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from icp_pipeline.db.models import AnalyticsSnapshot, Org, Question, Segment, SegmentResult, SiteSummary
 from icp_pipeline.segments.steps import active_segments, require_site
-from icp_pipeline.visibility.analytics import SegmentLabel
+from icp_pipeline.visibility.analytics import SegmentLabel, segment_target
 
 
 class UnknownSegment(LookupError):
@@ -132,9 +132,8 @@ def segment_visibility(session: Session, site_id: str, segments: list[Segment]) 
         ).first()
         by_segment = (snapshot.payload if snapshot else {}).get("by_segment") or {}
         for segment in segments:
-            target = next((r for r in by_segment.get(str(segment.id), []) if r.get("is_target")), None)
             fit = fits.get(segment.id)
-            rate = target.get("mention_rate") if target else None
+            target, gap = segment_target(by_segment.get(str(segment.id), []), fit)
             rows.append(
                 {
                     "org_id": org_id,
@@ -143,11 +142,11 @@ def segment_visibility(session: Session, site_id: str, segments: list[Segment]) 
                     "fit_score": fit,
                     "cycle_id": snapshot.cycle_id if snapshot else None,
                     "runs": target.get("runs", 0) if target else 0,
-                    "mention_rate": rate,
+                    "mention_rate": target.get("mention_rate") if target else None,
                     "mention_rate_ci": target.get("mention_rate_ci") if target else None,
                     "share_of_voice": target.get("share_of_voice") if target else None,
                     "share_of_voice_ci": target.get("share_of_voice_ci") if target else None,
-                    "gap": round(fit - rate, 6) if fit is not None and rate is not None else None,
+                    "gap": gap,
                 }
             )
     rows.sort(key=lambda r: (r["gap"] is None, -(r["gap"] or 0), r["org_id"], r["segment_id"]))

@@ -375,6 +375,18 @@ def analytics_markdown(payload: dict[str, Any], segments: dict[str, SegmentLabel
     return "\n".join(lines) + footer + evidence_markdown(payload, segments or {})
 
 
+def segment_target(
+    companies: list[dict[str, Any]], fit_score: float | None
+) -> tuple[dict[str, Any] | None, float | None]:
+    """The target's row among one `by_segment` key's company rows (None if it has none), and the gap:
+    the segment's fit score - the target's mention rate, rounded to 6 places (None when either is
+    unknown). A large gap: the site fits the segment, assistants do not recommend it."""
+    target = next((row for row in companies if row.get("is_target")), None)
+    rate = target.get("mention_rate") if target else None
+    gap = round(fit_score - rate, 6) if fit_score is not None and rate is not None else None
+    return target, gap
+
+
 # Rows of the untracked companies and of the search queries the report shows (the payload has more).
 REPORT_TOP = 10
 
@@ -384,11 +396,8 @@ def _segment_section(
 ) -> list[str]:
     rows = []
     for key, companies in by_segment.items():
-        target = next((r for r in companies if r.get("is_target")), None)
         label = labels.get(key)
-        rate = target.get("mention_rate") if target else None
-        fit = label.fit_score if label else None
-        gap = fit - rate if fit is not None and rate is not None else None
+        target, gap = segment_target(companies, label.fit_score if label else None)
         rows.append((key, label, target, gap))
     # Largest gap first, as in `site report`: where the site fits and assistants do not recommend it.
     rows.sort(key=lambda r: (r[3] is None, -(r[3] or 0), r[1].name if r[1] else "", r[0]))

@@ -42,7 +42,7 @@ from icp_pipeline.db.models import (
     Question,
     QuestionRun,
 )
-from icp_pipeline.visibility.analytics import SegmentLabel
+from icp_pipeline.visibility.analytics import SegmentLabel, segment_target
 from icp_pipeline.visibility.cycles import require_org
 from icp_pipeline.visibility.rollup import counted_in_analytics
 
@@ -763,11 +763,11 @@ def segment_rows(
 ) -> Iterator[tuple]:
     """The segment_visibility rows of one snapshot payload (segment id order)."""
     for key, companies in sorted(payload.get("by_segment", {}).items(), key=lambda item: int(item[0])):
-        target = next((row for row in companies if row.get("is_target")), None)
+        label = labels.get(key)
+        fit = label.fit_score if label else None
+        target, gap = segment_target(companies, fit)
         if target is None:
             continue
-        label = labels.get(key)
-        rate, fit = target.get("mention_rate"), label.fit_score if label else None
         yield (
             org_id,
             cycle_id,
@@ -778,12 +778,12 @@ def segment_rows(
             label.questions if label else None,
             target["runs"],
             target["mentioned_runs"],
-            rate,
+            target.get("mention_rate"),
             *_interval(target, "mention_rate_ci"),
             target.get("share_of_voice"),
             *_interval(target, "share_of_voice_ci"),
             fit,
-            round(fit - rate, 6) if fit is not None and rate is not None else None,
+            gap,
         )
 
 
